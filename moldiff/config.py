@@ -1,0 +1,203 @@
+"""Frozen configuration dataclasses, YAML load/save and validation.
+
+Configs only *wire* components: every component takes explicit keyword arguments, and no component
+receives a whole config. Unknown keys are rejected with ``ValueError``. Imports nothing from moldiff.
+"""
+
+from __future__ import annotations
+
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def _check_choice(name: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
+
+
+def _check_positive(name: str, value: float, allow_zero: bool = False) -> None:
+    if value is None:
+        return
+    if (value < 0) if allow_zero else (value <= 0):
+        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which molecules to train on.
+
+    Attributes:
+        dataset: ``"qm9"`` or a path to a dataset written by ``moldiff data import``.
+        split: training split: ``train`` (EDM's 100k), ``first_half`` (D_a) or ``second_half`` (D_b).
+        max_molecules: use only the first N training molecules (``None``: all).
+        remove_h: drop hydrogens (EDM's ``qm9_without_h``).
+        conditioning: property names the model is conditioned on (empty: unconditional).
+    """
+
+    dataset: str = "qm9"
+    split: str = "train"
+    max_molecules: int | None = None
+    remove_h: bool = False
+    conditioning: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_choice("data.split", self.split, ("train", "first_half", "second_half"))
+        _check_positive("data.max_molecules", self.max_molecules)
+        object.__setattr__(self, "conditioning", tuple(self.conditioning))
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """EGNN dynamics hyper-parameters (defaults: EDM's released QM9 model)."""
+
+    hidden_nf: int = 256
+    n_layers: int = 9
+    attention: bool = True
+    tanh: bool = True
+    coords_range: float = 15.0
+    norm_constant: float = 1.0
+    normalization_factor: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_positive("model.hidden_nf", self.hidden_nf)
+        _check_positive("model.n_layers", self.n_layers)
+        _check_positive("model.coords_range", self.coords_range)
+        _check_positive("model.normalization_factor", self.normalization_factor)
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """Forward process (defaults: EDM's unconditional QM9 run)."""
+
+    timesteps: int = 1000
+    noise_schedule: str = "polynomial_2"
+    noise_precision: float = 1e-5
+    loss_type: str = "l2"
+    norm_values: tuple[float, float, float] = (1.0, 4.0, 10.0)
+    include_charges: bool = True
+
+    def __post_init__(self) -> None:
+        _check_positive("diffusion.timesteps", self.timesteps)
+        _check_choice("diffusion.loss_type", self.loss_type, ("l2", "vlb"))
+        if not (self.noise_schedule == "cosine" or self.noise_schedule.startswith("polynomial_")):
+            raise ValueError(
+                f"diffusion.noise_schedule must be 'cosine' or 'polynomial_<p>', got {self.noise_schedule!r}"
+            )
+        if len(self.norm_values) != 3:
+            raise ValueError(f"diffusion.norm_values must have 3 entries, got {self.norm_values!r}")
+        object.__setattr__(self, "norm_values", tuple(float(v) for v in self.norm_values))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and logging (defaults: EDM's ``get_optim`` and ``main_qm9.py``)."""
+
+    lr: float = 1e-4
+    weight_decay: float = 1e-12
+    batch_size: int = 64
+    epochs: int = 3000
+    max_steps: int | None = None
+    max_minutes: float | None = None
+    ema_decay: float = 0.9999
+    clip_grad: bool = True
+    seed: int = 0
+    device: str = "auto"
+    num_threads: int | None = None
+    eval_every_steps: int = 2000
+    n_eval_samples: int = 100
+    eval_sample_steps: int = 100
+    val_molecules: int | None = 2000
+    log_every_steps: int = 50
+    checkpoint_every_steps: int = 1000
+    context_dropout: float = 0.0
+    augment_rotations: bool = False
+
+    def __post_init__(self) -> None:
+        _check_positive("train.lr", self.lr)
+        _check_positive("train.batch_size", self.batch_size)
+        _check_positive("train.epochs", self.epochs)
+        _check_positive("train.max_steps", self.max_steps)
+        _check_positive("train.max_minutes", self.max_minutes)
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"train.ema_decay must be in [0, 1), got {self.ema_decay!r}")
+        if not 0.0 <= self.context_dropout < 1.0:
+            raise ValueError(f"train.context_dropout must be in [0, 1), got {self.context_dropout!r}")
+        _check_choice("train.device", self.device.split(":")[0], ("auto", "cpu", "cuda"))
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """Everything a training run needs; saved inside every checkpoint."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict form (tuples become lists), suitable for YAML/JSON."""
+        return _plain(asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> ExperimentConfig:
+        """Build from a (possibly partial) nested dict; unknown keys raise ``ValueError``."""
+        d = dict(d or {})
+        sections = {f.name: f.type for f in fields(cls)}
+        unknown = set(d) - set(sections)
+        if unknown:
+            raise ValueError(f"unknown config section(s) {sorted(unknown)}; allowed: {sorted(sections)}")
+        kinds = {"data": DataConfig, "model": ModelConfig, "diffusion": DiffusionConfig, "train": TrainConfig}
+        built = {}
+        for name, kind in kinds.items():
+            sub = d.get(name) or {}
+            if not isinstance(sub, dict):
+                raise ValueError(f"config section {name!r} must be a mapping, got {type(sub).__name__}")
+            allowed = {f.name for f in fields(kind)}
+            bad = set(sub) - allowed
+            if bad:
+                raise ValueError(f"unknown key(s) {sorted(bad)} in section {name!r}; allowed: {sorted(allowed)}")
+            built[name] = kind(**sub)
+        return cls(**built)
+
+    def override(self, **sections: dict[str, Any]) -> ExperimentConfig:
+        """Return a copy with ``section={key: value}`` overrides applied (unknown keys rejected)."""
+        d = self.to_dict()
+        for name, upd in sections.items():
+            if name not in d:
+                raise ValueError(f"unknown config section {name!r}")
+            d[name].update(upd)
+        return ExperimentConfig.from_dict(d)
+
+    def save_yaml(self, path: str | Path) -> None:
+        """Write the full config as YAML."""
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    @classmethod
+    def load_yaml(cls, path: str | Path) -> ExperimentConfig:
+        """Load a YAML overlay on the defaults; raises ``ValueError`` on unknown keys or bad YAML."""
+        p = Path(path)
+        if not p.is_file():
+            raise ValueError(f"config file not found: {p}")
+        try:
+            d = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as exc:
+            raise ValueError(f"config file {p} is not valid YAML: {exc}") from None
+        if d is not None and not isinstance(d, dict):
+            raise ValueError(f"config file {p} must hold a mapping at top level")
+        return cls.from_dict(d)
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+__all__ = ["DataConfig", "ModelConfig", "DiffusionConfig", "TrainConfig", "ExperimentConfig"]

@@ -1,0 +1,81 @@
+"""Zero centre-of-mass maths on sparse (PyG-style) molecule batches.
+
+Atoms of all molecules are concatenated; ``batch[i]`` is the molecule of atom ``i``. EDM works in
+the linear subspace where every molecule's mean position is zero; these helpers keep us there.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch_geometric.utils import scatter
+
+
+def remove_mean(pos: torch.Tensor, batch: torch.Tensor, num_graphs: int | None = None) -> torch.Tensor:
+    """Subtract each molecule's mean position.
+
+    Args:
+        pos: ``[N, 3]`` positions.
+        batch: ``[N]`` molecule index of every atom.
+        num_graphs: number of molecules (inferred from ``batch`` if omitted).
+
+    Returns:
+        ``[N, 3]`` positions with zero mean per molecule.
+
+    >>> import torch
+    >>> p = remove_mean(torch.tensor([[1.0, 0, 0], [3.0, 0, 0]]), torch.tensor([0, 0]))
+    >>> p[:, 0].tolist()
+    [-1.0, 1.0]
+    """
+    if num_graphs is None:
+        num_graphs = int(batch.max()) + 1 if batch.numel() else 0
+    mean = scatter(pos, batch, dim=0, dim_size=num_graphs, reduce="mean")
+    return pos - mean[batch]
+
+
+def sample_zero_com_gaussian(
+    batch: torch.Tensor,
+    num_graphs: int | None = None,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Draw ``[N, 3]`` standard Gaussian noise projected onto the zero-CoM subspace."""
+    eps = torch.randn(batch.shape[0], 3, generator=generator, dtype=dtype, device="cpu")
+    eps = eps.to(batch.device)
+    return remove_mean(eps, batch, num_graphs)
+
+
+def assert_zero_com(pos: torch.Tensor, batch: torch.Tensor, tol: float = 1e-4) -> None:
+    """Raise ``ValueError`` if any molecule's mean position is further than ``tol`` from zero."""
+    num_graphs = int(batch.max()) + 1 if batch.numel() else 0
+    mean = scatter(pos, batch, dim=0, dim_size=num_graphs, reduce="mean")
+    err = mean.abs().max().item() if mean.numel() else 0.0
+    if err > tol * max(1.0, pos.abs().max().item() if pos.numel() else 1.0):
+        raise ValueError(f"positions are not centred: max |mean| = {err:.3g}")
+
+
+def random_rotation(
+    dtype: torch.dtype = torch.float32, generator: torch.Generator | None = None, reflect: bool = False
+) -> torch.Tensor:
+    """Uniformly random ``3x3`` rotation (QR of a Gaussian matrix); optionally a reflection."""
+    a = torch.randn(3, 3, generator=generator, dtype=torch.float64)
+    q, r = torch.linalg.qr(a)
+    q = q * torch.sign(torch.diagonal(r)).unsqueeze(0)
+    if torch.det(q) < 0:
+        q[:, 0] = -q[:, 0]
+    if reflect:
+        q = -q
+    return q.to(dtype)
+
+
+def rotate_batch(pos: torch.Tensor, batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Apply an independent random rotation to each molecule (data augmentation)."""
+    num_graphs = int(batch.max()) + 1 if batch.numel() else 0
+    rots = torch.stack([random_rotation(pos.dtype, generator) for _ in range(num_graphs)]).to(pos.device)
+    return torch.einsum("nij,nj->ni", rots[batch], pos)
+
+
+def num_atoms_per_graph(batch: torch.Tensor, num_graphs: int | None = None) -> torch.Tensor:
+    """``[B]`` number of atoms of every molecule."""
+    if num_graphs is None:
+        num_graphs = int(batch.max()) + 1 if batch.numel() else 0
+    return torch.bincount(batch, minlength=num_graphs)
