@@ -1,0 +1,186 @@
+"""E(n)-equivariant graph layers (Satorras et al., 2021) in EDM's "egnn_new" form.
+
+Layers act on sparse graphs: ``h [N, F]`` invariant features, ``pos [N, 3]`` positions and an
+``edge_index [2, E]`` of directed edges ``(i <- j)`` stored as ``(row=i, col=j)``. They know
+nothing about diffusion, time or molecules.
+
+EDM computes the first layer of every edge MLP on the concatenation ``[h_i, h_j, e_ij]``. That
+linear map splits as ``W_i h_i + W_j h_j + W_e e_ij``; with ``node_projection=True`` (default) we
+apply ``W_i``/``W_j`` once per *node* and gather, instead of once per *edge*. The parameters and the
+result are identical (one ``nn.Linear`` either way), only the FLOPs differ (E x 2F x F -> N x 2F x F).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch_geometric.utils import scatter
+
+
+def _edge_input_linear(
+    lin: nn.Linear, h: torch.Tensor, edge_attr: torch.Tensor, row: torch.Tensor, col: torch.Tensor,
+    node_projection: bool,
+) -> torch.Tensor:
+    """Apply ``lin`` to ``[h[row], h[col], edge_attr]`` for every edge, optionally per node first."""
+    nf = h.shape[1]
+    if not node_projection:
+        return lin(torch.cat([h[row], h[col], edge_attr], dim=1))
+    w = lin.weight
+    proj = h @ torch.cat([w[:, :nf], w[:, nf : 2 * nf]], dim=0).t()  # [N, 2 * out]
+    out_dim = w.shape[0]
+    return proj[row, :out_dim] + proj[col, out_dim:] + edge_attr @ w[:, 2 * nf :].t() + lin.bias
+
+
+class GCL(nn.Module):
+    """Invariant graph convolution with optional attention (EDM ``GCL``).
+
+    ``m_ij = SiLU(W2 SiLU(W1 [h_i, h_j, e_ij]))``, optionally ``m_ij *= sigmoid(w_a m_ij)``;
+    ``h_i <- h_i + MLP([h_i, sum_j m_ij / normalization_factor])``.
+
+    Args:
+        hidden_nf: feature width ``F``.
+        edge_nf: number of edge features.
+        attention: gate messages with a sigmoid attention weight.
+        normalization_factor: divide the summed messages by this (EDM's released models: 1).
+        node_projection: compute the first edge layer per node (see module docstring).
+
+    Shapes:
+        h ``[N, F]``, edge_index ``[2, E]``, edge_attr ``[E, edge_nf]`` -> ``[N, F]``.
+    """
+
+    def __init__(
+        self, hidden_nf: int, edge_nf: int, attention: bool = True, normalization_factor: float = 1.0,
+        node_projection: bool = True,
+    ) -> None:
+        super().__init__()
+        self.edge_in = nn.Linear(2 * hidden_nf + edge_nf, hidden_nf)
+        self.edge_out = nn.Linear(hidden_nf, hidden_nf)
+        self.att = nn.Linear(hidden_nf, 1) if attention else None
+        self.node_mlp = nn.Sequential(
+            nn.Linear(2 * hidden_nf, hidden_nf), nn.SiLU(), nn.Linear(hidden_nf, hidden_nf)
+        )
+        self.act = nn.SiLU()
+        self.normalization_factor = normalization_factor
+        self.node_projection = node_projection
+
+    def forward(self, h: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor) -> torch.Tensor:
+        row, col = edge_index
+        m = self.act(_edge_input_linear(self.edge_in, h, edge_attr, row, col, self.node_projection))
+        m = self.act(self.edge_out(m))
+        if self.att is not None:
+            m = m * torch.sigmoid(self.att(m))
+        agg = scatter(m, row, dim=0, dim_size=h.shape[0], reduce="sum") / self.normalization_factor
+        return h + self.node_mlp(torch.cat([h, agg], dim=1))
+
+
+class EquivariantUpdate(nn.Module):
+    """Equivariant coordinate update (EDM ``EquivariantUpdate``).
+
+    ``pos_i <- pos_i + sum_j (pos_i - pos_j) / (|pos_i - pos_j| + c) * tanh(phi(h_i, h_j, e_ij)) * r
+    / normalization_factor``, with ``r = coords_range`` when ``tanh`` is on.
+
+    Shapes:
+        h ``[N, F]``, pos ``[N, 3]``, edge_index ``[2, E]``, edge_attr ``[E, edge_nf]`` -> ``[N, 3]``.
+    """
+
+    def __init__(
+        self, hidden_nf: int, edge_nf: int, tanh: bool = True, coords_range: float = 15.0,
+        norm_constant: float = 1.0, normalization_factor: float = 1.0, node_projection: bool = True,
+    ) -> None:
+        super().__init__()
+        self.lin_in = nn.Linear(2 * hidden_nf + edge_nf, hidden_nf)
+        self.lin_mid = nn.Linear(hidden_nf, hidden_nf)
+        self.lin_out = nn.Linear(hidden_nf, 1, bias=False)
+        nn.init.xavier_uniform_(self.lin_out.weight, gain=0.001)
+        self.act = nn.SiLU()
+        self.tanh = tanh
+        self.coords_range = coords_range
+        self.norm_constant = norm_constant
+        self.normalization_factor = normalization_factor
+        self.node_projection = node_projection
+
+    def forward(
+        self, h: torch.Tensor, pos: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor
+    ) -> torch.Tensor:
+        row, col = edge_index
+        diff = pos[row] - pos[col]
+        dist = torch.sqrt((diff**2).sum(dim=1, keepdim=True) + 1e-8)
+        unit = diff / (dist + self.norm_constant)
+        w = self.act(_edge_input_linear(self.lin_in, h, edge_attr, row, col, self.node_projection))
+        w = self.lin_out(self.act(self.lin_mid(w)))
+        if self.tanh:
+            w = torch.tanh(w) * self.coords_range
+        trans = unit * w
+        agg = scatter(trans, row, dim=0, dim_size=pos.shape[0], reduce="sum") / self.normalization_factor
+        return pos + agg
+
+
+class EquivariantBlock(nn.Module):
+    """One EDM ``EquivariantBlock``: a GCL then an equivariant coordinate update.
+
+    Edge features are ``[|pos_i - pos_j|^2 at the block input, edge_attr]`` where ``edge_attr``
+    holds the squared distances at the network input (so ``edge_nf = 2`` in EDM).
+
+    Shapes:
+        h ``[N, F]``, pos ``[N, 3]``, edge_index ``[2, E]``, edge_attr ``[E, 1]`` ->
+        (``[N, F]``, ``[N, 3]``).
+    """
+
+    def __init__(
+        self, hidden_nf: int, attention: bool = True, tanh: bool = True, coords_range: float = 15.0,
+        norm_constant: float = 1.0, normalization_factor: float = 1.0, node_projection: bool = True,
+    ) -> None:
+        super().__init__()
+        self.gcl = GCL(hidden_nf, 2, attention, normalization_factor, node_projection)
+        self.update = EquivariantUpdate(
+            hidden_nf, 2, tanh, coords_range, norm_constant, normalization_factor, node_projection
+        )
+
+    def forward(
+        self, h: torch.Tensor, pos: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        row, col = edge_index
+        d2 = ((pos[row] - pos[col]) ** 2).sum(dim=1, keepdim=True)
+        e = torch.cat([d2, edge_attr], dim=1)
+        h = self.gcl(h, edge_index, e)
+        pos = self.update(h, pos, edge_index, e)
+        return h, pos
+
+
+class EGNN(nn.Module):
+    """Stack of :class:`EquivariantBlock` with input/output embeddings (EDM ``egnn_new.EGNN``).
+
+    Args:
+        in_nf: input (and output) feature width.
+        hidden_nf: hidden width.
+        n_layers: number of equivariant blocks.
+        attention, tanh, coords_range, norm_constant, normalization_factor, node_projection: see
+            the blocks. EDM passes ``coords_range = 15`` to every block (not 15 / n_layers).
+
+    Shapes:
+        h ``[N, in_nf]``, pos ``[N, 3]``, edge_index ``[2, E]`` -> (``[N, in_nf]``, ``[N, 3]``).
+    """
+
+    def __init__(
+        self, in_nf: int, hidden_nf: int = 256, n_layers: int = 9, attention: bool = True,
+        tanh: bool = True, coords_range: float = 15.0, norm_constant: float = 1.0,
+        normalization_factor: float = 1.0, node_projection: bool = True,
+    ) -> None:
+        super().__init__()
+        self.embedding = nn.Linear(in_nf, hidden_nf)
+        self.blocks = nn.ModuleList(
+            EquivariantBlock(hidden_nf, attention, tanh, coords_range, norm_constant, normalization_factor,
+                             node_projection)
+            for _ in range(n_layers)
+        )
+        self.embedding_out = nn.Linear(hidden_nf, in_nf)
+
+    def forward(
+        self, h: torch.Tensor, pos: torch.Tensor, edge_index: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        row, col = edge_index
+        d2_init = ((pos[row] - pos[col]) ** 2).sum(dim=1, keepdim=True)
+        h = self.embedding(h)
+        for block in self.blocks:
+            h, pos = block(h, pos, edge_index, d2_init)
+        return self.embedding_out(h), pos
