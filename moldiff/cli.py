@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 
 class CLIError(ValueError):
@@ -46,10 +47,25 @@ def _add_data_parser(sub: argparse._SubParsersAction) -> None:
     imp.add_argument("--name", required=True, help="dataset name (used as data.dataset in configs)")
     imp.add_argument("--root", default=None, help="data directory (default: moldiff's data dir)")
     imp.add_argument("--seed", type=int, default=0, help="seed of the train/valid/test split")
+    imp.add_argument("--overwrite", action="store_true", help="replace an existing dataset of that name")
 
 
 def _run_data(args: argparse.Namespace) -> int:
-    raise CLIError("data commands are not available yet")
+    from moldiff.data import import_dataset, prepare_qm9
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr)
+
+    if args.data_cmd == "prepare":
+        arrays = prepare_qm9(root=args.root, progress=True, log=log)
+        print(f"QM9 ready: {arrays.num_molecules} molecules, {arrays.num_atoms_total} atoms")
+        return 0
+    if args.data_cmd == "import":
+        path = import_dataset(args.file, args.name, root=args.root, seed=args.seed,
+                              overwrite=args.overwrite, log=log)
+        print(path)
+        return 0
+    raise CLIError(f"unknown data command {args.data_cmd!r}; choose prepare or import")
 
 
 # ============================================================================ train
@@ -59,10 +75,23 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="run directory (checkpoints, log.csv, loss.png)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
     p.add_argument("--condition", default=None, help="comma-separated properties, e.g. alpha,gap")
+    p.add_argument("--init", default=None, help="start from the weights of this checkpoint or shipped model")
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    raise CLIError("train is not available yet")
+    from moldiff.config import ExperimentConfig
+    from moldiff.training.run import run_training
+
+    config = ExperimentConfig.load_yaml(args.config)
+    if args.condition:
+        props = tuple(p.strip() for p in args.condition.split(",") if p.strip())
+        config = config.override(data={"conditioning": list(props)})
+    if args.resume and args.init:
+        raise CLIError("use either --resume or --init, not both")
+    state = run_training(config, args.out, resume=args.resume, init=args.init)
+    print(f"trained {state.step} steps ({state.epoch} full epochs) in {state.elapsed_s:.0f} s; "
+          f"checkpoints in {args.out}")
+    return 0
 
 
 # ============================================================================ sample
@@ -82,8 +111,50 @@ def _add_sample_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-atoms", type=_positive_int, default=None, help="fix the number of atoms")
 
 
+def _output_format(out: str, fmt: str | None) -> str:
+    if fmt:
+        return fmt
+    suffix = Path(out).suffix.lower().lstrip(".")
+    if suffix not in ("sdf", "xyz"):
+        raise CLIError(f"cannot tell the output format from {out!r}: use a .sdf or .xyz name or --format")
+    return suffix
+
+
 def _run_sample(args: argparse.Namespace) -> int:
-    raise CLIError("sample is not available yet")
+    from moldiff.io import write_sdf, write_xyz
+    from moldiff.pipeline import load_model, to_rdkit
+
+    fmt = _output_format(args.out, args.format)
+    if not Path(args.out).parent.resolve().is_dir():
+        raise CLIError(f"output directory does not exist: {Path(args.out).parent}")
+    model = load_model(args.model, device=args.device)
+    if args.target or args.guidance is not None:
+        if not model.conditioning:
+            raise CLIError(f"model {args.model!r} is unconditional: --target/--guidance need a conditional model")
+    method = args.sampler or "ancestral"
+    molecules = model.sample_raw(
+        args.num, steps=args.steps, seed=args.seed, num_atoms=args.num_atoms, method=method,
+        batch_size=args.batch_size, progress=True,
+    )
+    if fmt == "xyz":
+        write_xyz(args.out, molecules)
+    else:
+        write_sdf(args.out, [to_rdkit(sym, pos) for sym, pos in molecules])
+    print(f"wrote {len(molecules)} molecules to {args.out}")
+    _print_summary(molecules)
+    return 0
+
+
+def _print_summary(molecules: list) -> None:
+    """Print EDM's stability/validity summary of freshly sampled molecules."""
+    from moldiff.evaluation.report import evaluate_molecules
+
+    _, summary = evaluate_molecules(molecules)
+    keys = ("num_molecules", "atom_stability", "mol_stability", "validity", "validity_connected", "uniqueness")
+    for k in keys:
+        if k in summary:
+            v = summary[k]
+            print(f"  {k:<20} {v:.4f}" if isinstance(v, float) else f"  {k:<20} {v}")
 
 
 # ============================================================================ evaluate

@@ -1,0 +1,166 @@
+"""High-level API: build a model from a config, load checkpoints and shipped models, sample molecules.
+
+>>> import moldiff
+>>> model = moldiff.load_model("qm9")            # doctest: +SKIP
+>>> mols = model.sample(10, steps=100, seed=0)   # doctest: +SKIP  (RDKit molecules with 3D coordinates)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from moldiff.config import ExperimentConfig
+from moldiff.diffusion.process import EquivariantDiffusion
+from moldiff.diffusion.schedules import NoiseSchedule
+from moldiff.nn.denoiser import EGNNDenoiser
+from moldiff.sampling.priors import NodeCountDistribution
+from moldiff.sampling.sampler import SAMPLERS, Sampler, SampleOutput
+from moldiff.training.checkpoint import load_checkpoint
+
+PRETRAINED_DIR = Path(__file__).parent / "pretrained"
+
+
+def shipped_models() -> list[str]:
+    """Names of the checkpoints shipped inside the package."""
+    return sorted(p.stem for p in PRETRAINED_DIR.glob("*.pt"))
+
+
+def build_process(config: ExperimentConfig, num_classes: int, context_nf: int = 0) -> EquivariantDiffusion:
+    """Wire an :class:`EquivariantDiffusion` with an :class:`EGNNDenoiser` from a config."""
+    m, d = config.model, config.diffusion
+    denoiser = EGNNDenoiser(
+        in_node_nf=num_classes + int(d.include_charges), context_nf=context_nf, hidden_nf=m.hidden_nf,
+        n_layers=m.n_layers, attention=m.attention, tanh=m.tanh, coords_range=m.coords_range,
+        norm_constant=m.norm_constant, normalization_factor=m.normalization_factor,
+    )
+    schedule = NoiseSchedule(d.noise_schedule, d.timesteps, d.noise_precision)
+    return EquivariantDiffusion(
+        denoiser, schedule, num_classes, include_charges=d.include_charges, norm_values=d.norm_values,
+        loss_type=d.loss_type,
+    )
+
+
+@dataclass
+class MolDiff:
+    """A trained model ready to sample: EMA weights, vocabulary, ``p(N)`` and dataset statistics.
+
+    Attributes:
+        process: the diffusion process holding the (EMA) denoiser.
+        config: the training config.
+        stats: dataset statistics stored in the checkpoint (``elements``, ``n_atoms_hist``, ...).
+        name: model name or checkpoint path.
+    """
+
+    process: EquivariantDiffusion
+    config: ExperimentConfig
+    stats: dict[str, Any]
+    name: str = "model"
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def elements(self) -> list[str]:
+        """Element vocabulary (one-hot order)."""
+        return list(self.stats["elements"])
+
+    @property
+    def node_distribution(self) -> NodeCountDistribution:
+        """``p(N)`` of the training data."""
+        return NodeCountDistribution({int(k): v for k, v in self.stats["n_atoms_hist"].items()})
+
+    @property
+    def max_atoms(self) -> int:
+        """Largest molecule the model was trained on."""
+        return int(self.stats.get("max_n_atoms", self.node_distribution.max_atoms))
+
+    @property
+    def conditioning(self) -> tuple[str, ...]:
+        """Properties the model is conditioned on (empty: unconditional)."""
+        return tuple(self.config.data.conditioning)
+
+    def to(self, device: str | torch.device) -> MolDiff:
+        """Move the model to ``device``."""
+        self.process.to(device)
+        return self
+
+    # ------------------------------------------------------------------ sampling
+    def sample_raw(
+        self, num: int, steps: int | None = None, seed: int | None = 0, num_atoms: int | list[int] | None = None,
+        method: str = "ancestral", batch_size: int | None = None, progress: bool = False,
+        context: torch.Tensor | None = None, eps_fn: Any = None,
+    ) -> list[tuple[list[str], np.ndarray]]:
+        """Sample ``num`` molecules as ``(symbols, pos [n, 3])`` pairs (in order, reproducible)."""
+        if num < 1:
+            raise ValueError(f"number of molecules must be >= 1, got {num}")
+        T = self.process.timesteps
+        if steps is not None and not 1 <= steps <= T:
+            raise ValueError(f"--steps must be between 1 and T={T}, got {steps}")
+        if method not in SAMPLERS:
+            raise ValueError(f"unknown sampler {method!r}; allowed: {list(SAMPLERS)}")
+        gen = torch.Generator().manual_seed(int(seed)) if seed is not None else None
+        if num_atoms is None:
+            counts = self.node_distribution.sample(num, generator=gen)
+        else:
+            counts = torch.as_tensor([num_atoms] * num if isinstance(num_atoms, int) else num_atoms)
+            if counts.numel() != num or int(counts.min()) < 1 or int(counts.max()) > self.max_atoms:
+                raise ValueError(f"number of atoms must be between 1 and the model's limit {self.max_atoms}")
+        batch_size = batch_size or max(1, min(num, 4096 // max(1, int(counts.float().mean()))))
+        self.process.eval()
+        sampler = Sampler(self.process)
+        out: list[tuple[list[str], np.ndarray]] = []
+        elements = self.elements
+        for k, start in enumerate(range(0, num, batch_size)):
+            chunk = counts[start : start + batch_size]
+            ctx = None if context is None else context[start : start + batch_size]
+            res: SampleOutput = sampler.sample(
+                chunk, steps=steps, seed=None if seed is None else int(seed) * 100003 + k, context=ctx,
+                method=method, progress=progress, eps_fn=eps_fn,
+            )
+            for types, pos in res.split():
+                out.append(([elements[i] for i in types.tolist()], pos.double().numpy()))
+        return out
+
+    def sample(self, num: int, steps: int | None = None, seed: int | None = 0, **kwargs: Any) -> list:
+        """Sample ``num`` molecules as RDKit ``Mol`` objects with 3D conformers and EDM-inferred bonds."""
+        return [to_rdkit(symbols, pos) for symbols, pos in self.sample_raw(num, steps=steps, seed=seed, **kwargs)]
+
+
+def to_rdkit(symbols: list[str], pos: np.ndarray) -> Any:
+    """RDKit ``Mol`` with a 3D conformer and bonds inferred with EDM's distance tables (unsanitised)."""
+    from moldiff.evaluation.build import add_conformer, build_edm_mol
+    from moldiff.evaluation.stability import bond_order_matrix
+
+    mol = build_edm_mol(symbols, bond_order_matrix(symbols, pos)).GetMol()
+    mol.UpdatePropertyCache(strict=False)
+    return add_conformer(mol, pos)
+
+
+def from_checkpoint(path: str | Path, device: str | torch.device = "cpu", use_ema: bool = True) -> MolDiff:
+    """Load a :class:`MolDiff` from a checkpoint file written by the trainer."""
+    payload = load_checkpoint(path)
+    try:
+        config = ExperimentConfig.from_dict(payload["config"])
+        stats = payload["stats"]
+        process = build_process(config, len(stats["elements"]), int(stats.get("context_nf", 0)))
+        process.load_state_dict(payload["ema" if use_ema else "model"])
+    except (KeyError, RuntimeError, TypeError) as exc:
+        raise ValueError(f"checkpoint {path} does not match this moldiff version: {str(exc).splitlines()[0]}") from None
+    process.to(device).eval()
+    return MolDiff(process, config, stats, name=str(path), info=payload.get("info", {}))
+
+
+def load_model(name_or_path: str = "qm9", device: str | torch.device = "cpu") -> MolDiff:
+    """Load a shipped model by name (``moldiff.shipped_models()``) or any checkpoint path."""
+    p = Path(name_or_path)
+    if p.suffix == ".pt" or p.exists():
+        return from_checkpoint(p, device)
+    shipped = PRETRAINED_DIR / f"{name_or_path}.pt"
+    if not shipped.is_file():
+        raise ValueError(f"unknown model {name_or_path!r}; shipped models: {shipped_models()} (or give a .pt path)")
+    model = from_checkpoint(shipped, device)
+    model.name = name_or_path
+    return model

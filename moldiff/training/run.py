@@ -1,0 +1,114 @@
+"""Wire a training run from a config: data, model, trainer (used by ``moldiff train`` and ``torchrun``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from moldiff.config import ExperimentConfig
+from moldiff.data.datasets import load_dataset
+from moldiff.data.loader import MolLoader
+from moldiff.data.splits import get_split
+from moldiff.data.statistics import n_atoms_histogram, property_mean_mad
+from moldiff.training.trainer import Trainer, TrainState
+
+_SPLIT_NAMES = {"train": "train", "first_half": "first_half", "second_half": "second_half"}
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU raises ``ValueError``."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but no CUDA device is available")
+    if name == "cuda" and dist.is_initialized():
+        name = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    return torch.device(name)
+
+
+def _maybe_init_distributed() -> None:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+
+
+def dataset_statistics(arrays: Any, rows: Any, conditioning: tuple[str, ...], dataset: str) -> dict[str, Any]:
+    """Statistics stored in every checkpoint so that sampling needs no dataset."""
+    hist = n_atoms_histogram(arrays, rows)
+    stats: dict[str, Any] = {
+        "dataset": dataset,
+        "elements": list(arrays.elements),
+        "n_atoms_hist": {int(k): int(v) for k, v in hist.items()},
+        "max_n_atoms": int(max(hist)),
+        "context_nf": len(conditioning),
+        "conditioning": list(conditioning),
+    }
+    return stats
+
+
+def run_training(
+    config: ExperimentConfig, out_dir: str | Path, resume: bool = False, init: str | Path | None = None,
+    progress: bool = True,
+) -> TrainState:
+    """Train a model as described by ``config``; writes checkpoints and logs to ``out_dir``.
+
+    Args:
+        config: experiment config.
+        out_dir: run directory.
+        resume: continue exactly from ``out_dir/last.pt``.
+        init: initialise weights from another checkpoint (e.g. a shipped model).
+        progress: show progress bars.
+
+    Returns:
+        The final :class:`TrainState`.
+    """
+    from moldiff.pipeline import build_process
+
+    out_dir = Path(out_dir)
+    if resume and not (out_dir / "last.pt").is_file():
+        raise ValueError(f"--resume: no checkpoint to resume at {out_dir / 'last.pt'}")
+    _maybe_init_distributed()
+    tc, dc = config.train, config.data
+    if tc.num_threads:
+        torch.set_num_threads(tc.num_threads)
+    torch.manual_seed(tc.seed)
+    device = resolve_device(tc.device)
+    arrays = load_dataset(dc.dataset)
+    split = _SPLIT_NAMES[dc.split]
+    rows = get_split(split, dc.dataset)
+    if dc.max_molecules:
+        rows = rows[: dc.max_molecules]
+    try:
+        val_rows = get_split("valid", dc.dataset)
+    except (ValueError, FileNotFoundError):
+        val_rows = None
+    if val_rows is not None and tc.val_molecules:
+        val_rows = val_rows[: tc.val_molecules]
+    norms = {}
+    if dc.conditioning:
+        # EDM normalises properties with the validation split's mean and MAD.
+        norm_rows = val_rows if val_rows is not None else rows
+        norms = property_mean_mad(arrays, norm_rows, dc.conditioning)
+    loader_kw = dict(context_keys=dc.conditioning, context_norms=norms, remove_h=dc.remove_h)
+    train = MolLoader(arrays, rows, batch_size=tc.batch_size, shuffle=True, drop_last=False, seed=tc.seed,
+                      **loader_kw)
+    val = None
+    if val_rows is not None and len(val_rows):
+        val = MolLoader(arrays, val_rows, batch_size=tc.batch_size, shuffle=False, **loader_kw)
+    stats = dataset_statistics(train.arrays, rows, tuple(dc.conditioning), dc.dataset)
+    stats["elements"] = list(train.elements)
+    if norms:
+        stats["property_norms"] = {k: [float(m), float(s)] for k, (m, s) in norms.items()}
+    process = build_process(config, len(train.elements), len(dc.conditioning))
+    trainer = Trainer(
+        process, config, stats, train_batches=train.iter_batches, out_dir=out_dir,
+        val_batches=None if val is None else val.iter_batches, device=device, progress=progress,
+    )
+    if resume:
+        trainer.resume()
+    elif init is not None:
+        trainer.init_from(init)
+    return trainer.fit()
