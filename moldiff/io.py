@@ -1,0 +1,333 @@
+"""Reading and writing molecule files: multi-frame XYZ and SDF.
+
+Readers return :class:`MoleculeRecord` objects. With ``strict=True`` the first malformed record
+raises ``ValueError("<file>: record <k>: <problem>")``; with ``strict=False`` it is returned with
+``error`` set and reading goes on. Writers are atomic: they write a temporary file in the target
+directory and ``os.replace`` it, so an error never leaves a partial file behind.
+
+This module imports no models (numpy and RDKit only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from moldiff.constants import ATOMIC_NUMBERS, SYMBOLS
+
+XYZ_SUFFIXES = (".xyz",)
+SDF_SUFFIXES = (".sdf", ".sd", ".mol")
+_FIELD_RE = re.compile(r"^>.*?<([^>]+)>")
+
+
+@dataclass
+class MoleculeRecord:
+    """One molecule read from a file.
+
+    Attributes:
+        name: title / comment line (may be empty).
+        symbols: ``n`` element symbols.
+        pos: ``[n, 3]`` float64 positions in Å.
+        bonds: ``(i, j, order)`` triples from SDF (order 1, 2, 3 or 1.5 for aromatic); ``None`` for XYZ.
+        properties: numeric SDF data fields (``> <name>``) of this record.
+        error: why the record is malformed (only with ``strict=False``); ``None`` if it is fine.
+    """
+
+    name: str
+    symbols: list[str]
+    pos: np.ndarray
+    bonds: list[tuple[int, int, float]] | None = None
+    properties: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def num_atoms(self) -> int:
+        """Number of atoms ``n``."""
+        return len(self.symbols)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO[Any]]:
+    """Open a temporary file next to ``path``; rename it onto ``path`` only if the block succeeds.
+
+    Args:
+        path: final file path (its directory is created if needed).
+        mode: ``"w"`` (text) or ``"wb"`` (binary).
+        encoding: text encoding (ignored in binary mode).
+
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "a.txt"
+    >>> with atomic_write(p) as fh:
+    ...     _ = fh.write("hello")
+    >>> p.read_text()
+    'hello'
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"mode must be 'w' or 'wb', got {mode!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+# ============================================================================ reading
+def read_molecules(path: str | Path, strict: bool = True) -> list[MoleculeRecord]:
+    """Read every molecule of a multi-frame ``.xyz`` or an ``.sdf`` file.
+
+    Args:
+        path: the file; the format comes from the suffix (``.xyz``; ``.sdf``/``.sd``/``.mol``).
+        strict: raise on the first malformed record instead of returning it with ``error`` set.
+
+    Returns:
+        One record per molecule, in file order.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: unknown suffix, unreadable file, or (strict) a malformed record; the message
+            is one line naming the file, the record number (1-based) and the problem.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    if suffix in XYZ_SUFFIXES:
+        return read_xyz(path, strict=strict)
+    if suffix in SDF_SUFFIXES:
+        return read_sdf(path, strict=strict)
+    raise ValueError(f"{path}: unknown molecule format {suffix!r} (expected .xyz or .sdf)")
+
+
+def _symbol(token: str) -> str:
+    """Normalise an element token (``"c"``, ``"CL"``, ``"6"``) to a symbol; raise on unknown ones."""
+    if token.isdigit():
+        z = int(token)
+        if z not in SYMBOLS:
+            raise ValueError(f"unknown atomic number {z}")
+        return SYMBOLS[z]
+    sym = token[:1].upper() + token[1:].lower()
+    if sym not in ATOMIC_NUMBERS:
+        raise ValueError(f"unknown element {token!r}")
+    return sym
+
+
+def _check_positions(pos: np.ndarray) -> None:
+    if not np.all(np.isfinite(pos)):
+        raise ValueError("non-finite (NaN/inf) coordinate")
+
+
+def _read_text(path: Path) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except (UnicodeDecodeError, OSError) as exc:
+        raise ValueError(f"{path}: cannot read file ({type(exc).__name__})") from None
+
+
+def _parse_count(line: str) -> int | None:
+    parts = line.split()
+    if len(parts) == 1 and parts[0].isdigit():
+        return int(parts[0])
+    return None
+
+
+def read_xyz(path: str | Path, strict: bool = True) -> list[MoleculeRecord]:
+    """Read a (multi-frame) XYZ file: ``n`` / comment / ``n`` lines ``Sym x y z [...]`` per frame.
+
+    Symbols may also be atomic numbers; QM9's ``*^`` exponent notation is accepted. See
+    :func:`read_molecules` for ``strict`` and the errors raised.
+    """
+    path = Path(path)
+    lines = _read_text(path)
+    records: list[MoleculeRecord] = []
+    i, k = 0, 0
+    while i < len(lines):
+        if not lines[i].strip():  # blank lines between/after frames
+            i += 1
+            continue
+        k += 1
+        name = lines[i + 1].strip() if i + 1 < len(lines) else ""
+        try:
+            n = _parse_count(lines[i])
+            if n is None:
+                raise ValueError(f"line {i + 1}: expected the atom count, got {lines[i].strip()[:40]!r}")
+            symbols, pos, i = _parse_xyz_atoms(lines, i + 2, n)
+            records.append(MoleculeRecord(name=name, symbols=symbols, pos=pos))
+        except ValueError as exc:
+            if strict:
+                raise ValueError(f"{path}: record {k}: {exc}") from None
+            records.append(MoleculeRecord(name=name, symbols=[], pos=np.zeros((0, 3)), error=str(exc)))
+            i = _next_header(lines, i + 2)
+    return records
+
+
+def _parse_xyz_atoms(lines: list[str], start: int, n: int) -> tuple[list[str], np.ndarray, int]:
+    """Parse ``n`` atom lines from ``start``; return symbols, positions and the next line index."""
+    if start - 1 >= len(lines):
+        raise ValueError("truncated file: missing comment line")
+    symbols: list[str] = []
+    pos = np.empty((n, 3), dtype=np.float64)
+    for a in range(n):
+        j = start + a
+        if j >= len(lines):
+            raise ValueError(f"truncated file: expected {n} atoms, found {a}")
+        parts = lines[j].split()
+        if len(parts) < 4:
+            got = lines[j].strip()[:40]
+            raise ValueError(f"wrong atom count: expected {n} atoms, line {j + 1} is {got!r}")
+        try:
+            pos[a] = [float(t.replace("*^", "e")) for t in parts[1:4]]
+        except ValueError:
+            raise ValueError(f"line {j + 1}: non-numeric coordinate in {lines[j].strip()[:60]!r}") from None
+        symbols.append(_symbol(parts[0]))
+    _check_positions(pos)
+    end = start + n
+    if end < len(lines) and lines[end].strip() and _parse_count(lines[end]) is None:
+        raise ValueError(f"wrong atom count: line {end + 1} holds an extra atom after {n} atoms")
+    return symbols, pos, end
+
+
+def _next_header(lines: list[str], i: int) -> int:
+    """Index of the next line at or after ``i`` that is a lone integer (a frame header)."""
+    while i < len(lines) and _parse_count(lines[i]) is None:
+        i += 1
+    return i
+
+
+def read_sdf(path: str | Path, strict: bool = True) -> list[MoleculeRecord]:
+    """Read an SDF with RDKit (``sanitize=False``, ``removeHs=False``); keeps the 3D conformer and bonds.
+
+    Numeric ``> <field>`` data become :attr:`MoleculeRecord.properties`. See :func:`read_molecules`
+    for ``strict`` and the errors raised.
+    """
+    from rdkit import Chem, RDLogger
+
+    path = Path(path)
+    text = "\n".join(_read_text(path))
+    if text.strip() and "M  END" not in text:
+        raise ValueError(f"{path}: not an SDF file (no 'M  END' line)")
+    blocks = [b for b in re.split(r"^\$\$\$\$[ \t]*\n?", text, flags=re.M) if b.strip()]
+    records: list[MoleculeRecord] = []
+    RDLogger.DisableLog("rdApp.*")
+    try:
+        for k, block in enumerate(blocks, start=1):
+            name = block.split("\n", 1)[0].strip()
+            try:
+                records.append(_sdf_record(Chem, block, name))
+            except ValueError as exc:
+                if strict:
+                    raise ValueError(f"{path}: record {k}: {exc}") from None
+                records.append(MoleculeRecord(name=name, symbols=[], pos=np.zeros((0, 3)), error=str(exc)))
+    finally:
+        RDLogger.EnableLog("rdApp.*")
+    return records
+
+
+def _sdf_record(chem: Any, block: str, name: str) -> MoleculeRecord:
+    if "M  END" not in block:
+        raise ValueError("truncated record (no 'M  END' line)")
+    mol = chem.MolFromMolBlock(block, sanitize=False, removeHs=False, strictParsing=True)
+    if mol is None:
+        raise ValueError("RDKit cannot parse the mol block (wrong atom count or malformed line)")
+    symbols = [_symbol(a.GetSymbol()) if a.GetAtomicNum() > 0 else _symbol("*") for a in mol.GetAtoms()]
+    if mol.GetNumConformers() == 0:
+        raise ValueError("no coordinates")
+    pos = np.asarray(mol.GetConformer().GetPositions(), dtype=np.float64).reshape(-1, 3)
+    _check_positions(pos)
+    bonds = [(b.GetBeginAtomIdx(), b.GetEndAtomIdx(), float(b.GetBondTypeAsDouble())) for b in mol.GetBonds()]
+    return MoleculeRecord(name=name, symbols=symbols, pos=pos, bonds=bonds, properties=_sdf_fields(block))
+
+
+def _sdf_fields(block: str) -> dict[str, float]:
+    """Numeric ``> <name>`` data fields after ``M  END`` (the first value line of each)."""
+    props: dict[str, float] = {}
+    tail = block.split("M  END", 1)[1].split("\n")
+    for k, line in enumerate(tail[:-1]):
+        m = _FIELD_RE.match(line)
+        if m:
+            with contextlib.suppress(ValueError):
+                val = float(tail[k + 1].strip())
+                if math.isfinite(val):
+                    props[m.group(1)] = val
+    return props
+
+
+# ============================================================================ writing
+MoleculeLike = MoleculeRecord | tuple[Sequence[str], np.ndarray] | tuple[Sequence[str], np.ndarray, str]
+
+
+def _as_triplet(mol: MoleculeLike, k: int) -> tuple[list[str], np.ndarray, str]:
+    if isinstance(mol, MoleculeRecord):
+        if mol.error is not None:
+            raise ValueError(f"molecule {k}: cannot write a malformed record ({mol.error})")
+        symbols, pos, name = mol.symbols, mol.pos, mol.name
+    else:
+        symbols, pos = mol[0], mol[1]
+        name = str(mol[2]) if len(mol) > 2 else ""
+    symbols = [_symbol(str(s)) for s in symbols]
+    pos = np.asarray(pos, dtype=np.float64)
+    if pos.shape != (len(symbols), 3):
+        raise ValueError(f"molecule {k}: pos must have shape [{len(symbols)}, 3], got {list(pos.shape)}")
+    _check_positions(pos)
+    return symbols, pos, " ".join(name.split())
+
+
+def write_xyz(path: str | Path, molecules: Iterable[MoleculeLike]) -> None:
+    """Write molecules as a multi-frame XYZ file, atomically.
+
+    Args:
+        path: output file.
+        molecules: :class:`MoleculeRecord` objects or ``(symbols, pos [n, 3])`` /
+            ``(symbols, pos, name)`` tuples.
+
+    Raises:
+        ValueError: unknown element, bad shape or non-finite coordinate (nothing is written).
+    """
+    frames = [_as_triplet(m, k) for k, m in enumerate(molecules, start=1)]  # validate before writing
+    with atomic_write(path) as fh:
+        for symbols, pos, name in frames:
+            fh.write(f"{len(symbols)}\n{name}\n")
+            fh.writelines(
+                f"{s:<2s} {x:16.10f} {y:16.10f} {z:16.10f}\n"
+                for s, (x, y, z) in zip(symbols, pos, strict=True)
+            )
+
+
+def write_sdf(path: str | Path, mols: Iterable[Any]) -> None:
+    """Write RDKit molecules (with a conformer) to an SDF file, atomically.
+
+    Raises:
+        ValueError: if an entry is not an RDKit ``Mol`` (nothing is written).
+    """
+    from rdkit import Chem
+
+    mols = list(mols)
+    for k, mol in enumerate(mols, start=1):
+        if not isinstance(mol, Chem.Mol):
+            raise ValueError(f"molecule {k}: expected an RDKit Mol, got {type(mol).__name__}")
+    with atomic_write(path) as fh:
+        writer = Chem.SDWriter(fh)
+        try:
+            for mol in mols:
+                writer.write(mol)
+        finally:
+            writer.close()
