@@ -1,9 +1,13 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from moldiff.data import get_split, load_qm9, qm9_splits, random_split
-from moldiff.data.splits import load_splits, qm9_splits_path
+from moldiff.data.splits import load_splits
 from moldiff.data.statistics import element_counts, n_atoms_histogram
+
+REPO_DATA = Path(__file__).resolve().parents[2] / "data"
 
 # EDM configs/datasets_config.py (commit d28fd52), verbatim.
 EDM_QM9_N_NODES = {22: 3393, 17: 13025, 23: 4848, 21: 9970, 19: 13832, 20: 9482, 16: 10644, 13: 3060,
@@ -41,12 +45,13 @@ def test_legacy_random_state_equals_seeded_global():
 
 
 def test_committed_splits_file_matches_recomputation():
-    path = qm9_splits_path()
+    path = REPO_DATA / "qm9" / "splits.npz"
     assert path.is_file(), "data/qm9/splits.npz missing: run `moldiff data prepare`"
     stored, fresh = load_splits(path), qm9_splits()
     for k, v in fresh.items():
         np.testing.assert_array_equal(stored[k], v)
         np.testing.assert_array_equal(get_split(k), v)
+        np.testing.assert_array_equal(get_split(k, root=REPO_DATA), v)
 
 
 def test_get_split_errors(tmp_path):
