@@ -1,0 +1,93 @@
+from pathlib import Path
+
+import pytest
+
+from moldiff.cli import _parse_args, main
+from moldiff.io import read_molecules
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "benchmarks" / "configs" / "tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    assert main(["train", "--config", str(TINY), "--out", str(run)]) == 0
+    return run / "last.pt"
+
+
+def _err_line(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_parse_args_defaults():
+    args = _parse_args(["sample", "--out", "x.sdf"])
+    assert args.model == "qm9" and args.num == 100 and args.steps is None and args.seed == 0
+
+
+def test_train_sample_roundtrip(tiny_ckpt, tmp_path):
+    run = tiny_ckpt.parent
+    for name in ("last.pt", "log.csv", "loss.png", "config.yaml"):
+        assert (run / name).is_file()
+    sdf, xyz = tmp_path / "s.sdf", tmp_path / "s.xyz"
+    assert main(["sample", "--model", str(tiny_ckpt), "--num", "5", "--steps", "10", "--out", str(sdf)]) == 0
+    assert main(["sample", "--model", str(tiny_ckpt), "--num", "5", "--steps", "10", "--out", str(xyz)]) == 0
+    mols_sdf, mols_xyz = read_molecules(sdf), read_molecules(xyz)
+    assert len(mols_sdf) == len(mols_xyz) == 5
+    # same seed -> same molecules in both formats
+    for a, b in zip(mols_sdf, mols_xyz):
+        assert a.symbols == b.symbols
+        assert abs(a.pos - b.pos).max() < 1e-3
+
+
+def test_resume_from_finished_run(tiny_ckpt, capsys):
+    assert main(["train", "--config", str(TINY), "--out", str(tiny_ckpt.parent), "--resume"]) == 0
+    assert "trained" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv_tail, message",
+    [
+        (["--model", "no-such-model"], "unknown model"),
+        (["--steps", "5000"], "steps must be between 1 and T"),
+        (["--target", "alpha=80"], "unconditional"),
+        (["--num-atoms", "500"], "number of atoms"),
+    ],
+)
+def test_sample_bad_input_exit_2_no_output(tiny_ckpt, tmp_path, capsys, argv_tail, message):
+    out = tmp_path / "out.sdf"
+    argv = ["sample", "--model", str(tiny_ckpt), "--num", "2", "--out", str(out)]
+    # later occurrences of --model override the first one
+    assert main(argv + argv_tail) == 2
+    assert message in _err_line(capsys)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "abc"])
+def test_nonsense_num_is_rejected(value, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        main(["sample", "--num", value, "--out", str(tmp_path / "x.sdf")])
+    assert exc.value.code == 2
+
+
+def test_corrupt_checkpoint_and_bad_suffix(tmp_path, capsys):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    assert main(["sample", "--model", str(bad), "--out", str(tmp_path / "o.sdf")]) == 2
+    assert "corrupt" in _err_line(capsys)
+    assert main(["sample", "--model", str(bad), "--out", str(tmp_path / "o.pdb")]) == 2
+    assert "format" in _err_line(capsys)
+    assert not (tmp_path / "o.sdf").exists()
+
+
+def test_train_bad_config(tmp_path, capsys):
+    assert main(["train", "--config", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "r")]) == 2
+    assert "not found" in _err_line(capsys)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model:\n  widht: 3\n")
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "r")]) == 2
+    assert "widht" in _err_line(capsys)
+    assert main(["train", "--config", str(TINY), "--out", str(tmp_path / "r2"), "--resume"]) == 2
+    assert "resume" in _err_line(capsys)

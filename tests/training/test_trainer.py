@@ -1,0 +1,128 @@
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from moldiff.config import ExperimentConfig
+from moldiff.data.arrays import MoleculeArrays
+from moldiff.data.loader import MolLoader
+from moldiff.pipeline import build_process, from_checkpoint
+from moldiff.training.checkpoint import load_checkpoint, save_checkpoint
+from moldiff.training.trainer import GradClipper, Trainer, ema_update
+
+CFG = ExperimentConfig.from_dict({
+    "model": {"hidden_nf": 16, "n_layers": 2},
+    "diffusion": {"timesteps": 50},
+    "train": {"lr": 1e-3, "batch_size": 4, "epochs": 3, "eval_every_steps": 6, "n_eval_samples": 2,
+              "eval_sample_steps": 5, "log_every_steps": 2, "checkpoint_every_steps": 2, "ema_decay": 0.9},
+})
+
+
+def _arrays(n=12, seed=0):
+    rng = np.random.default_rng(seed)
+    mols = []
+    for i in range(n):
+        k = 3 + i % 4
+        mols.append((list(rng.choice(["H", "C", "N", "O"], size=k)), rng.normal(size=(k, 3)) * 1.2))
+    return MoleculeArrays.from_molecules(mols)
+
+
+def _trainer(tmp_path, cfg=CFG, arrays=None):
+    arrays = arrays if arrays is not None else _arrays()
+    torch.manual_seed(0)
+    loader = MolLoader(arrays, batch_size=cfg.train.batch_size, seed=0)
+    val = MolLoader(arrays, batch_size=6, shuffle=False)
+    stats = {"elements": list(arrays.elements), "n_atoms_hist": {3: 3, 4: 3, 5: 3, 6: 3}, "max_n_atoms": 6}
+    proc = build_process(cfg, len(arrays.elements))
+    return Trainer(proc, cfg, stats, loader.iter_batches, tmp_path, val_batches=val.iter_batches, progress=False)
+
+
+def test_grad_clipper_follows_edm_rule():
+    clip = GradClipper()
+    p = torch.nn.Parameter(torch.ones(4))
+    p.grad = torch.full((4,), 10.0)  # norm 20
+    norm, max_norm = clip([p])
+    assert max_norm == pytest.approx(4500.0)  # 1.5 * 3000 + 2 * 0
+    assert norm == pytest.approx(20.0)
+    assert list(clip.queue) == [3000.0, 20.0]
+    p.grad = torch.full((4,), 1e6)
+    norm, max_norm = clip([p])
+    assert float(p.grad.norm()) == pytest.approx(max_norm, rel=1e-4)  # clipped
+    assert clip.queue[-1] == pytest.approx(max_norm)  # the clipped value is what is remembered
+
+
+def test_ema_update():
+    a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    before = a.weight.detach().clone()
+    ema_update(a, b, 0.9)
+    assert torch.allclose(a.weight, 0.9 * before + 0.1 * b.weight)
+
+
+def test_fit_writes_log_plot_and_checkpoints(tmp_path):
+    tr = _trainer(tmp_path)
+    st = tr.fit()
+    assert st.step == 9 and st.epoch == 3
+    for name in ("last.pt", "best.pt", "log.csv", "loss.png", "config.yaml"):
+        assert (tmp_path / name).is_file()
+    log = (tmp_path / "log.csv").read_text().splitlines()
+    assert log[0].startswith("step,epoch,loss")
+    payload = load_checkpoint(tmp_path / "last.pt")
+    assert payload["state"]["step"] == 9
+    model = from_checkpoint(tmp_path / "last.pt")
+    assert len(model.sample_raw(2, steps=5, seed=0)) == 2
+
+
+def test_resume_continues_exactly(tmp_path):
+    full = _trainer(tmp_path / "full")
+    full.fit()
+    cfg_short = CFG.override(train={"max_steps": 4})
+    part = _trainer(tmp_path / "part", cfg_short)
+    part.fit()
+    resumed = _trainer(tmp_path / "part", CFG)
+    resumed.resume()
+    assert resumed.state.step == 4
+    resumed.fit()
+    for (n1, p1), (_, p2) in zip(full.process.state_dict().items(), resumed.process.state_dict().items()):
+        assert torch.equal(p1, p2), n1
+    for p1, p2 in zip(full.ema.parameters(), resumed.ema.parameters()):
+        assert torch.equal(p1, p2)
+
+
+def test_corrupt_or_missing_checkpoint(tmp_path):
+    with pytest.raises(ValueError, match="not found"):
+        load_checkpoint(tmp_path / "nope.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="corrupt"):
+        load_checkpoint(bad)
+    with pytest.raises(ValueError, match="misses"):
+        save_checkpoint(tmp_path / "x.pt", {"config": {}})
+    assert not (tmp_path / "x.pt").exists()
+
+
+def _ddp_worker(rank, world, init_file, out_dir, queue):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        torch.set_num_threads(1)
+        tr = _trainer(out_dir, CFG.override(train={"max_steps": 3}))
+        tr.fit()
+        flat = torch.cat([p.detach().flatten() for p in tr.process.parameters()])
+        queue.put((rank, flat.numpy()))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_two_processes_gloo_stay_in_sync(tmp_path):
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_ddp_worker, args=(r, 2, tmp_path / "init", tmp_path / "run", queue))
+             for r in range(2)]
+    for p in procs:
+        p.start()
+    results = dict(queue.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    assert np.array_equal(results[0], results[1])  # gradients are all-reduced: replicas agree
+    assert (tmp_path / "run" / "last.pt").is_file()
