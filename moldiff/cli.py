@@ -109,6 +109,7 @@ def _add_sample_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target", action="append", default=[], help="property target, e.g. alpha=80")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance weight")
     p.add_argument("--num-atoms", type=_positive_int, default=None, help="fix the number of atoms")
+    p.add_argument("--grid", default=None, help="also draw the valid samples as a PNG molecule grid")
 
 
 def _output_format(out: str, fmt: str | None) -> str:
@@ -141,20 +142,15 @@ def _run_sample(args: argparse.Namespace) -> int:
     else:
         write_sdf(args.out, [to_rdkit(sym, pos) for sym, pos in molecules])
     print(f"wrote {len(molecules)} molecules to {args.out}")
-    _print_summary(molecules)
+    from moldiff.evaluation.report import evaluate_molecules, format_summary
+
+    table, summary = evaluate_molecules(molecules)
+    print(format_summary(summary))
+    if args.grid:
+        from moldiff.evaluation.draw import draw_grid
+
+        print(f"drew {draw_grid(table, args.grid)} molecules to {args.grid}")
     return 0
-
-
-def _print_summary(molecules: list) -> None:
-    """Print EDM's stability/validity summary of freshly sampled molecules."""
-    from moldiff.evaluation.report import evaluate_molecules
-
-    _, summary = evaluate_molecules(molecules)
-    keys = ("num_molecules", "atom_stability", "mol_stability", "validity", "validity_connected", "uniqueness")
-    for k in keys:
-        if k in summary:
-            v = summary[k]
-            print(f"  {k:<20} {v:.4f}" if isinstance(v, float) else f"  {k:<20} {v}")
 
 
 # ============================================================================ evaluate
@@ -170,6 +166,7 @@ def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checks", default="edm",
                    help=f"comma-separated checks (edm is always run): {', '.join(CHECKS)}; or 'all'")
     p.add_argument("--workers", type=_positive_int, default=1)
+    p.add_argument("--grid", default=None, help="draw the valid molecules as a PNG molecule grid")
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
@@ -216,6 +213,10 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     if args.csv:
         with atomic_write(args.csv) as fh:
             table.to_csv(fh, index=False)
+    if args.grid:
+        from moldiff.evaluation.draw import draw_grid
+
+        print(f"drew {draw_grid(table, args.grid)} molecules to {args.grid}")
     return 0
 
 
