@@ -1,0 +1,184 @@
+"""Fewer-step solvers for EDM's gamma-parameterised variance-preserving process.
+
+Every solver walks a decreasing grid of integer timesteps ``T = t_0 > ... > t_S = 0`` and returns
+the state at ``t_S = 0``; the caller then applies the process's own final step
+(:meth:`~moldiff.diffusion.process.EquivariantDiffusion.sample_p_xh_given_z0`: positions from
+``x_hat_0``, atom types from ``argmax`` of ``z_0``), exactly as for the ancestral sampler.
+
+Notation (EDM / VDM): ``alpha_t^2 = sigmoid(-gamma_t)``, ``sigma_t^2 = sigmoid(gamma_t)``,
+``lambda_t = -gamma_t / 2 = log(alpha_t / sigma_t)``; the data prediction from a noise prediction
+is ``x0_hat = (z_t - sigma_t eps_hat) / alpha_t``.
+
+* ``ancestral``: EDM's ``p(z_s | z_t)`` (stochastic; needs many steps).
+* ``ddim``: Song et al. (2021), ``z_s = alpha_s x0_hat + sqrt(sigma_s^2 - std^2) eps_hat + std noise``
+  with ``std = eta * sigma_t|s sigma_s / sigma_t``; ``eta = 0`` is the deterministic (probability
+  flow) first-order solver, ``eta = 1`` is the ancestral step again.
+* ``dpm2``: DPM-Solver++(2M) (Lu et al., 2022), the second-order multistep exponential integrator
+  in data prediction: with ``h_k = lambda_{k+1} - lambda_k`` and ``r = h_{k-1} / h_k``,
+  ``z_{k+1} = (sigma_{k+1} / sigma_k) z_k - alpha_{k+1} expm1(-h_k) D_k``,
+  ``D_k = (1 + 1/(2r)) x0_k - 1/(2r) x0_{k-1}``, first order on the first and the last step. The
+  reference implementation keeps the last step second order from 15 steps up; on EDM's
+  ``polynomial_2`` schedule with a time-uniform grid the last step spans a large ``lambda`` interval
+  (``h ~ 3.1`` vs ``h_prev ~ 0.7`` at 20 steps) and the extrapolation is then unstable: on the 1-D
+  Gaussian toy of the tests the final error at 20 steps is 0.087 with a second-order last step and
+  0.0045 with a first-order one (DDIM: 0.069).
+
+States are tuples of tensors (``(pos, h)`` for molecules; any tuple for the toy problems in the
+tests). All coefficients are computed in float64 from the schedule and then cast; a ``project``
+callback re-centres the positions after every update, so the zero centre-of-mass subspace is
+kept. Every update is a linear combination of states and network outputs with scalar
+coefficients, hence E(3)-equivariant whenever the noise predictor is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from moldiff.diffusion.schedules import NoiseSchedule
+
+State = tuple[torch.Tensor, ...]
+#: ``eps_at(z, k) -> eps_hat`` at grid point ``k`` (the caller maps ``k`` to time and batch).
+EpsAt = Callable[[State, int], State]
+#: ``noise_fn(k) -> standard noise`` (zero-CoM for positions) for the step leaving grid point ``k``.
+NoiseFn = Callable[[int], State]
+#: ``project(z) -> z`` applied after every update (re-centring of positions).
+Project = Callable[[State], State]
+#: ``callback(k, z)`` called with the state reached after step ``k``.
+Callback = Callable[[int, State], None]
+
+#: Solvers registered here; :data:`moldiff.sampling.sampler.SAMPLERS` adds ``"ancestral"``.
+SOLVERS: tuple[str, ...] = ("ddim", "dpm2")
+
+def grid_gammas(schedule: NoiseSchedule, grid: torch.Tensor) -> torch.Tensor:
+    """``gamma`` at integer timesteps ``grid`` as float64 (CPU).
+
+    Args:
+        schedule: the noise schedule (``T`` = ``schedule.timesteps``).
+        grid: ``[S + 1]`` integer timesteps.
+
+    Returns:
+        ``[S + 1]`` float64 tensor.
+
+    >>> g = grid_gammas(NoiseSchedule("polynomial_2", 1000), torch.tensor([1000, 0]))
+    >>> [round(float(v), 2) for v in g]
+    [11.51, -11.51]
+    """
+    t = grid.detach().cpu().to(torch.float64) / schedule.timesteps
+    return schedule.gamma(t.to(schedule.gamma_table.device)).detach().cpu().to(torch.float64)
+
+
+def _identity(z: State) -> State:
+    return z
+
+
+def _combine(a: float, z: State, b: float, e: State) -> State:
+    return tuple(a * zi + b * ei for zi, ei in zip(z, e, strict=True))
+
+
+def ddim_solve(
+    z: State, eps_at: EpsAt, gammas: torch.Tensor, eta: float = 0.0, noise_fn: NoiseFn | None = None,
+    project: Project = _identity, callback: Callback | None = None,
+) -> State:
+    """DDIM from grid point 0 to grid point ``S``.
+
+    ``z_s = (alpha_s / alpha_t) z_t + (sqrt(sigma_s^2 - std^2) - alpha_s sigma_t / alpha_t) eps_hat
+    + std noise``, which is ``alpha_s x0_hat + sqrt(sigma_s^2 - std^2) eps_hat + std noise`` written
+    without forming ``x0_hat`` (whose ``1 / alpha_T ~ 316`` would amplify rounding).
+
+    Args:
+        z: initial state at grid point 0 (e.g. ``(pos [N, 3], h [N, F])``).
+        eps_at: noise predictor at grid point ``k``.
+        gammas: ``[S + 1]`` float64 ``gamma`` of the grid (decreasing time, so increasing SNR).
+        eta: stochasticity; 0 = deterministic, 1 = ancestral posterior variance.
+        noise_fn: standard noise for a step (required when ``eta > 0``).
+        project: applied after every update (re-centring).
+        callback: called as ``callback(k, z)`` after step ``k``.
+
+    Returns:
+        The state at the last grid point.
+    """
+    if eta < 0:
+        raise ValueError(f"eta must be >= 0, got {eta}")
+    if eta > 0 and noise_fn is None:
+        raise ValueError("ddim with eta > 0 needs a noise_fn")
+    alpha, sigma = NoiseSchedule.alpha_from_gamma(gammas), NoiseSchedule.sigma_from_gamma(gammas)
+    for k in range(len(gammas) - 1):
+        eps = eps_at(z, k)
+        _, sigma_ts, _ = NoiseSchedule.sigma_and_alpha_t_given_s(gammas[k], gammas[k + 1])
+        std = eta * float(sigma_ts * sigma[k + 1] / sigma[k])
+        c_eps = float(torch.sqrt((sigma[k + 1] ** 2 - std**2).clamp(min=0))) - float(
+            alpha[k + 1] * sigma[k] / alpha[k]
+        )
+        z = _combine(float(alpha[k + 1] / alpha[k]), z, c_eps, eps)
+        if std > 0:
+            z = tuple(zi + std * ni for zi, ni in zip(z, noise_fn(k), strict=True))  # type: ignore[misc]
+        z = project(z)
+        if callback is not None:
+            callback(k, z)
+    return z
+
+
+def dpm2_solve(
+    z: State, eps_at: EpsAt, gammas: torch.Tensor, project: Project = _identity,
+    callback: Callback | None = None, lower_order_final: bool = True,
+) -> State:
+    """DPM-Solver++(2M) (data prediction, multistep, second order) from grid point 0 to ``S``.
+
+    Args:
+        z: initial state at grid point 0.
+        eps_at: noise predictor at grid point ``k`` (called once per step).
+        gammas: ``[S + 1]`` float64 ``gamma`` of the grid.
+        project: applied after every update (re-centring).
+        callback: called as ``callback(k, z)`` after step ``k``.
+        lower_order_final: take the last step with first order (see the module docstring).
+
+    Returns:
+        The state at the last grid point.
+    """
+    steps = len(gammas) - 1
+    alpha, sigma = NoiseSchedule.alpha_from_gamma(gammas), NoiseSchedule.sigma_from_gamma(gammas)
+    lam = -0.5 * gammas
+    x0_prev: State | None = None
+    h_prev = 0.0
+    for k in range(steps):
+        eps = eps_at(z, k)
+        x0 = _combine(1.0 / float(alpha[k]), z, -float(sigma[k] / alpha[k]), eps)
+        h = float(lam[k + 1] - lam[k])
+        first_order = x0_prev is None or h_prev == 0.0 or (lower_order_final and k == steps - 1)
+        if first_order:
+            d = x0
+        else:
+            c = 0.5 * h / h_prev  # 1 / (2 r)
+            d = _combine(1.0 + c, x0, -c, x0_prev)  # type: ignore[arg-type]
+        c_x0 = -float(alpha[k + 1]) * float(torch.expm1(torch.tensor(-h, dtype=torch.float64)))
+        z = _combine(float(sigma[k + 1] / sigma[k]), z, c_x0, d)
+        z = project(z)
+        x0_prev, h_prev = x0, h
+        if callback is not None:
+            callback(k, z)
+    return z
+
+
+def solve(
+    method: str, z: State, eps_at: EpsAt, gammas: torch.Tensor, *, eta: float = 0.0,
+    noise_fn: NoiseFn | None = None, project: Project = _identity, callback: Callback | None = None,
+) -> State:
+    """Dispatch to a registered solver by name (one of :data:`SOLVERS`).
+
+    >>> sched = NoiseSchedule("polynomial_2", 100)
+    >>> gam = grid_gammas(sched, torch.tensor([100, 50, 0]))
+    >>> x0 = torch.tensor([0.7])
+    >>> exact = lambda z, k: ((z[0] - NoiseSchedule.alpha_from_gamma(gam[k]) * x0)
+    ...                       / NoiseSchedule.sigma_from_gamma(gam[k]),)
+    >>> z0 = solve("ddim", (torch.tensor([0.3]),), exact, gam)
+    >>> round(float(z0[0]), 2)  # z_0 = alpha_0 x0 + sigma_0 eps, sigma_0 ~ 0.003
+    0.7
+    """
+    if method == "ddim":
+        return ddim_solve(z, eps_at, gammas, eta=eta, noise_fn=noise_fn, project=project, callback=callback)
+    if method == "dpm2":
+        return dpm2_solve(z, eps_at, gammas, project=project, callback=callback)
+    raise ValueError(f"unknown solver {method!r}; allowed: {list(SOLVERS)}")
+
