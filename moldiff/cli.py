@@ -84,7 +84,9 @@ def _run_train(args: argparse.Namespace) -> int:
 
     config = ExperimentConfig.load_yaml(args.config)
     if args.condition:
-        props = tuple(p.strip() for p in args.condition.split(",") if p.strip())
+        from moldiff.conditioning import check_properties
+
+        props = check_properties([p.strip() for p in args.condition.split(",") if p.strip()])
         config = config.override(data={"conditioning": list(props)})
     if args.resume and args.init:
         raise CLIError("use either --resume or --init, not both")
@@ -132,11 +134,20 @@ def _run_sample(args: argparse.Namespace) -> int:
     if args.target or args.guidance is not None:
         if not model.conditioning:
             raise CLIError(f"model {args.model!r} is unconditional: --target/--guidance need a conditional model")
+    import warnings
+
+    from moldiff.conditioning import parse_targets
+
+    target = parse_targets(args.target) if args.target else None
     method = args.sampler or "ancestral"
-    molecules = model.sample_raw(
-        args.num, steps=args.steps, seed=args.seed, num_atoms=args.num_atoms, method=method,
-        batch_size=args.batch_size, progress=True,
-    )
+    with warnings.catch_warnings(record=True) as caught:  # e.g. a target outside the training range
+        warnings.simplefilter("always", UserWarning)
+        molecules = model.sample_raw(
+            args.num, steps=args.steps, seed=args.seed, num_atoms=args.num_atoms, method=method,
+            batch_size=args.batch_size, progress=True, target=target, guidance=args.guidance,
+        )
+    for w in caught:
+        print(f"moldiff: warning: {w.message}", file=sys.stderr)
     if fmt == "xyz":
         write_xyz(args.out, molecules)
     else:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from moldiff.conditioning import context_width
 from moldiff.config import ExperimentConfig
 from moldiff.diffusion.process import EquivariantDiffusion
 from moldiff.diffusion.schedules import NoiseSchedule
@@ -31,10 +32,15 @@ def shipped_models() -> list[str]:
 
 
 def build_process(config: ExperimentConfig, num_classes: int, context_nf: int = 0) -> EquivariantDiffusion:
-    """Wire an :class:`EquivariantDiffusion` with an :class:`EGNNDenoiser` from a config."""
+    """Wire an :class:`EquivariantDiffusion` with an :class:`EGNNDenoiser` from a config.
+
+    ``context_nf`` is the number of conditioning properties; a model trained with context dropout
+    gets ``2 * context_nf`` context channels (:func:`moldiff.conditioning.context_width`).
+    """
     m, d = config.model, config.diffusion
+    width = context_width(context_nf, config.train.context_dropout)
     denoiser = EGNNDenoiser(
-        in_node_nf=num_classes + int(d.include_charges), context_nf=context_nf, hidden_nf=m.hidden_nf,
+        in_node_nf=num_classes + int(d.include_charges), context_nf=width, hidden_nf=m.hidden_nf,
         n_layers=m.n_layers, attention=m.attention, tanh=m.tanh, coords_range=m.coords_range,
         norm_constant=m.norm_constant, normalization_factor=m.normalization_factor,
     )
@@ -92,8 +98,16 @@ class MolDiff:
         self, num: int, steps: int | None = None, seed: int | None = 0, num_atoms: int | list[int] | None = None,
         method: str = "ancestral", batch_size: int | None = None, progress: bool = False,
         context: torch.Tensor | None = None, eps_fn: Any = None,
+        target: dict[str, float] | None = None, guidance: float | None = None,
     ) -> list[tuple[list[str], np.ndarray]]:
-        """Sample ``num`` molecules as ``(symbols, pos [n, 3])`` pairs (in order, reproducible)."""
+        """Sample ``num`` molecules as ``(symbols, pos [n, 3])`` pairs (in order, reproducible).
+
+        Conditional models: ``target={"alpha": 80.0}`` (raw units, any subset of the model's
+        properties) fixes those properties; ``N ~ p(N | target)`` unless ``num_atoms`` is given, and
+        properties left out are drawn from ``p(c | N)`` (EDM). With no target, ``(N, c)`` follows the
+        training joint. ``guidance=w`` applies classifier-free guidance (needs a model trained with
+        ``context_dropout``); ``w = 0`` equals plain conditional sampling. See ``docs/conditional.md``.
+        """
         if num < 1:
             raise ValueError(f"number of molecules must be >= 1, got {num}")
         T = self.process.timesteps
@@ -102,6 +116,14 @@ class MolDiff:
         if method not in SAMPLERS:
             raise ValueError(f"unknown sampler {method!r}; allowed: {list(SAMPLERS)}")
         gen = torch.Generator().manual_seed(int(seed)) if seed is not None else None
+        cond = None
+        if self.conditioning and context is None:
+            from moldiff.conditioning import conditional_inputs
+
+            cond = conditional_inputs(self, num, num_atoms, target, guidance, gen)
+            num_atoms, context = cond.num_atoms, cond.context
+        elif target or guidance is not None:
+            raise ValueError(f"model {self.name!r} is unconditional: target/guidance need a conditional model")
         if num_atoms is None:
             counts = self.node_distribution.sample(num, generator=gen)
         else:
@@ -116,6 +138,8 @@ class MolDiff:
         for k, start in enumerate(range(0, num, batch_size)):
             chunk = counts[start : start + batch_size]
             ctx = None if context is None else context[start : start + batch_size]
+            if cond is not None and cond.guidance:
+                eps_fn = cond.eps_fn(self.process, chunk, ctx)
             res: SampleOutput = sampler.sample(
                 chunk, steps=steps, seed=None if seed is None else int(seed) * 100003 + k, context=ctx,
                 method=method, progress=progress, eps_fn=eps_fn,

@@ -12,7 +12,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +156,18 @@ class Trainer:
         self.process.load_state_dict(payload["model"])
         self.ema.load_state_dict(payload["ema"])
 
+    def _context(self, mb: MolBatch, train: bool) -> MolBatch:
+        """Guidance training: ``[B, C]`` -> ``[c · keep, keep]``, nulled w.p. ``context_dropout``.
+
+        Same layout and RNG use as :func:`moldiff.conditioning.drop_context` (tested to agree).
+        """
+        p, ctx = self.cfg.context_dropout, mb.context
+        if ctx is None or p <= 0:
+            return mb
+        keep = torch.rand(mb.num_graphs, generator=self.gen) >= p if train else torch.ones(mb.num_graphs)
+        keep = keep.to(ctx.device, ctx.dtype)[:, None].expand_as(ctx)
+        return replace(mb, context=torch.cat([ctx * keep, keep], dim=1))
+
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def validate(self) -> float:
@@ -165,7 +177,7 @@ class Trainer:
         gen = torch.Generator().manual_seed(12345)
         total, count = 0.0, 0
         for mb in self.val_batches(0):
-            mb = mb.to(self.device)
+            mb = self._context(mb.to(self.device), train=False)
             nll = self.ema.nll(mb, generator=gen).cpu().double() - self.node_dist.log_prob(mb.num_atoms.cpu())
             total += float(nll.sum())
             count += mb.num_graphs
@@ -214,7 +226,7 @@ class Trainer:
             for i, mb in enumerate(self.train_batches(st.epoch)):
                 if i < st.batch_in_epoch or i % self.world != self.rank:
                     continue
-                mb = mb.to(self.device)
+                mb = self._context(mb.to(self.device), train=True)
                 out = self.train_process.loss(mb, generator=self.gen)
                 loss = out.loss.mean()
                 self.opt.zero_grad(set_to_none=True)

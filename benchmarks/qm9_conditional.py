@@ -1,0 +1,241 @@
+"""EDM's conditional QM9 benchmark (Table 3) end to end: property classifiers, baselines, generators, MAE.
+
+Protocol (shared/reference/edm_protocol.md §5): for each property, φ_c (invariant EGNN) is trained on
+D_a (``first_half``) with valid-split mean/MAD; the conditional generator is trained on D_b
+(``second_half``); ``(N, c)`` is drawn from D_b's binned joint, a molecule is sampled, and the MAE
+between φ_c(molecule) and ``c`` is reported over all samples (no filtering). Baselines: Naive (φ_c on
+D_b with permuted labels), #Atoms (MLP on N/29 trained on D_a), QM9 (φ_c on D_b, true labels).
+
+    python benchmarks/qm9_conditional.py --reduced            # CPU: minutes per property
+    python benchmarks/qm9_conditional.py                      # full protocol: GPU work (days)
+
+``--reduced`` shrinks every stage (numbers below); the full run uses benchmarks/configs/qm9_cond_*.yaml,
+a 7×128 classifier for 1000 epochs and 10,100 samples with 1000 steps, as EDM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from moldiff.conditioning import PROPERTIES, PROPERTY_NAMES, conditional_inputs
+from moldiff.config import ExperimentConfig
+from moldiff.data import get_split, load_dataset, property_mean_mad
+from moldiff.pipeline import PRETRAINED_DIR, from_checkpoint
+from moldiff.sampling.priors import PropertyDistribution
+from moldiff.training.checkpoint import load_checkpoint, save_checkpoint
+from moldiff.training.property import (
+    fit_num_nodes_baseline,
+    load_predictor,
+    predict_molecules,
+    predict_rows,
+    save_predictor,
+    train_property_predictor,
+)
+from moldiff.training.run import run_training
+
+ROOT = Path(__file__).resolve().parent
+#: EDM Table 3 (alpha Bohr³, gap/homo/lumo meV, mu D, Cv cal/(mol K)).
+PAPER = {
+    "Naive": {"alpha": 9.01, "gap": 1470, "homo": 645, "lumo": 1457, "mu": 1.616, "Cv": 6.857},
+    "#Atoms": {"alpha": 3.86, "gap": 866, "homo": 426, "lumo": 813, "mu": 1.053, "Cv": 1.971},
+    "EDM": {"alpha": 2.76, "gap": 655, "homo": 356, "lumo": 584, "mu": 1.111, "Cv": 1.101},
+    "QM9": {"alpha": 0.10, "gap": 64, "homo": 39, "lumo": 36, "mu": 0.043, "Cv": 0.040},
+}
+FULL = {"cls_train": None, "cls_valid": None, "eval_rows": None, "cls_hidden": 128, "cls_layers": 7,
+        "cls_epochs": 1000, "cls_minutes": None, "num_samples": 10100, "steps": None}
+REDUCED = {"cls_train": 5000, "cls_valid": 1000, "eval_rows": 5000, "cls_hidden": 64, "cls_layers": 4,
+           "cls_epochs": 40, "cls_minutes": 1.5, "num_samples": 200, "steps": 100}
+#: The reduced (CPU) generator: the EDM config shrunk; context dropout 0.1 enables guidance.
+REDUCED_GENERATOR = {
+    "model": {"hidden_nf": 64, "n_layers": 4},
+    "diffusion": {"timesteps": 500},
+    "train": {"lr": 5e-4, "ema_decay": 0.995, "max_minutes": 3.5, "eval_every_steps": 10**9,
+              "n_eval_samples": 0, "val_molecules": 256, "num_threads": 1, "context_dropout": 0.1,
+              "checkpoint_every_steps": 10**9},
+}
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def generator_checkpoint(prop: str, args: argparse.Namespace, work: Path) -> Path:
+    """A trained conditional generator for ``prop``: given, shipped (reduced) or trained now."""
+    if args.generator:
+        return Path(args.generator.format(prop=prop))
+    shipped = PRETRAINED_DIR / f"qm9-{prop}.pt"
+    if args.reduced and shipped.is_file() and not args.retrain:
+        return shipped
+    cfg = ExperimentConfig.load_yaml(ROOT / "configs" / f"qm9_cond_{prop}.yaml")
+    if args.reduced:
+        cfg = cfg.override(**REDUCED_GENERATOR)
+    out = work / f"generator_{prop}"
+    log(f"[{prop}] training the generator into {out}")
+    run_training(cfg, out, progress=False)
+    return out / "last.pt"
+
+
+def ensure_property_distribution(path: Path, arrays, prop: str) -> None:
+    """Store D_b's ``p(c | N)`` (1000 bins per N) in the checkpoint if it lacks it."""
+    if "property_distribution" in torch.load(path, map_location="cpu", weights_only=False)["stats"]:
+        return
+    rows = get_split("second_half", "qm9")
+    dist = PropertyDistribution.from_values(torch.as_tensor(arrays.n_atoms[rows]),
+                                            {prop: torch.as_tensor(arrays.properties[prop][rows])})
+    payload = load_checkpoint(path)
+    payload["stats"] = {**payload["stats"], "property_distribution": dist.to_dict()}
+    save_checkpoint(path, payload)
+
+
+def classifier(prop: str, arrays, args: argparse.Namespace, work: Path) -> tuple:
+    """φ_c for ``prop``: cached in ``work`` or trained on D_a now; returns ``(model, info)``."""
+    p = REDUCED if args.reduced else FULL
+    cls_path = work / f"classifier_{prop}.pt"
+    if cls_path.is_file() and not args.retrain:
+        phi, meta = load_predictor(cls_path)
+        return phi, meta["info"]
+    d_a, valid = get_split("first_half", "qm9"), get_split("valid", "qm9")
+    norm = property_mean_mad(arrays, valid, [prop])[prop]
+    phi, info = train_property_predictor(
+        arrays, d_a[: p["cls_train"]], valid[: p["cls_valid"]], prop, norm, hidden_nf=p["cls_hidden"],
+        n_layers=p["cls_layers"], epochs=p["cls_epochs"], max_minutes=p["cls_minutes"],
+        lr=1e-3 if prop in ("gap", "homo", "lumo") else 5e-4, log=log)
+    save_predictor(cls_path, phi, prop, norm, arrays.elements, info)
+    return phi, info
+
+
+def run_property(prop: str, arrays, args: argparse.Namespace, work: Path) -> dict:
+    """All four rows of Table 3 for one property."""
+    p = REDUCED if args.reduced else FULL
+    t0 = time.perf_counter()
+    d_a, d_b, valid = (get_split(s, "qm9") for s in ("first_half", "second_half", "valid"))
+    norm = property_mean_mad(arrays, valid, [prop])[prop]
+    phi, cls_info = classifier(prop, arrays, args, work)
+    eval_rows = d_b[: p["eval_rows"]]
+    truth = arrays.properties[prop][eval_rows]
+    pred_b = predict_rows(phi, arrays, eval_rows, prop, norm)
+    perm = np.random.default_rng(0).permutation(len(truth))
+    num_nodes = fit_num_nodes_baseline(arrays.n_atoms[d_a[: p["cls_train"]]],
+                                       arrays.properties[prop][d_a[: p["cls_train"]]], norm)
+    rows = {
+        "Naive": float(np.mean(np.abs(pred_b - truth[perm]))),
+        "#Atoms": float(np.mean(np.abs(num_nodes(arrays.n_atoms[eval_rows]) - truth))),
+        "QM9": float(np.mean(np.abs(pred_b - truth))),
+    }
+    gen_path = generator_checkpoint(prop, args, work)
+    ensure_property_distribution(gen_path, arrays, prop)
+    model = from_checkpoint(gen_path)
+    model.name = gen_path.stem
+    gen = torch.Generator().manual_seed(args.seed)
+    cond = conditional_inputs(model, p["num_samples"], None, None, None, gen)
+    t_s = time.perf_counter()
+    mols = model.sample_raw(p["num_samples"], steps=p["steps"], seed=args.seed,
+                            num_atoms=cond.num_atoms.tolist(), context=cond.context)
+    sample_s = time.perf_counter() - t_s
+    pred_gen = predict_molecules(phi, mols, arrays.elements, norm)
+    rows["EDM"] = float(np.mean(np.abs(pred_gen - cond.values[:, 0].numpy())))
+    log(f"[{prop}] " + ", ".join(f"{k} {v:.4g}" for k, v in rows.items()))
+    return {"mae": rows, "unit": PROPERTIES[prop].unit, "norm": list(norm), "classifier": cls_info,
+            "generator": str(gen_path), "num_samples": p["num_samples"], "steps": p["steps"],
+            "sample_seconds": sample_s, "seconds": time.perf_counter() - t0}
+
+
+def sweep(prop: str, arrays, args: argparse.Namespace, work: Path, png: Path) -> dict:
+    """Achieved (φ_c) vs requested property and mean N over a sweep of targets, for guidance 0 and 2."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    phi, _ = classifier(prop, arrays, args, work)
+    gen_path = generator_checkpoint(prop, args, work)
+    ensure_property_distribution(gen_path, arrays, prop)
+    model = from_checkpoint(gen_path)
+    norm = [float(v) for v in model.stats["property_norms"][prop]]
+    lo, hi = np.percentile(arrays.properties[prop][get_split("second_half", "qm9")], [5, 95])
+    targets = np.linspace(lo, hi, 7)
+    out: dict = {"targets": targets.tolist(), "unit": PROPERTIES[prop].unit}
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.8))
+    for w in (0.0, 2.0):
+        achieved, sizes = [], []
+        for c in targets:
+            mols = model.sample_raw(args.sweep_num, steps=REDUCED["steps"], seed=args.seed,
+                                    target={prop: float(c)}, guidance=w)
+            achieved.append(predict_molecules(phi, mols, arrays.elements, norm))
+            sizes.append(np.mean([len(s) for s, _ in mols]))
+        means = [float(a.mean()) for a in achieved]
+        out[f"guidance_{w:g}"] = {"achieved_mean": means, "achieved_std": [float(a.std()) for a in achieved],
+                                  "mean_n_atoms": [float(n) for n in sizes]}
+        ax1.errorbar(targets, means, yerr=[a.std() for a in achieved], marker="o", capsize=3,
+                     label=f"w = {w:g}")
+        ax2.plot(targets, sizes, marker="o", label=f"w = {w:g}")
+    ax1.plot(targets, targets, "k--", lw=1, label="achieved = requested")
+    unit = PROPERTIES[prop].unit
+    ax1.set(xlabel=f"requested {prop} ({unit})", ylabel=f"φ_c({prop}) of samples ({unit})", title="property")
+    ax2.set(xlabel=f"requested {prop} ({unit})", ylabel="mean number of atoms", title="size")
+    ax1.legend(fontsize=8)
+    ax2.legend(fontsize=8)
+    fig.suptitle(f"moldiff qm9-{prop} (reduced CPU model), {args.sweep_num} samples per target", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    return out
+
+
+def format_table(results: dict) -> str:
+    """Markdown table: moldiff rows beside the paper's."""
+    props = list(results)
+    head = "| row | " + " | ".join(f"{k} ({PROPERTIES[k].unit})" for k in props) + " |"
+    lines = [head, "|" + "---|" * (len(props) + 1)]
+    for row in ("Naive", "#Atoms", "EDM", "QM9"):
+        name = "moldiff (generator)" if row == "EDM" else f"{row} (moldiff)"
+        lines.append(f"| {name} | " + " | ".join(f"{results[k]['mae'][row]:.4g}" for k in props) + " |")
+        lines.append(f"| {row} (paper) | " + " | ".join(f"{PAPER[row][k]:g}" for k in props) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reduced", action="store_true", help="CPU-sized run (minutes per property)")
+    ap.add_argument("--properties", default=",".join(PROPERTY_NAMES), help="comma-separated subset")
+    ap.add_argument("--generator", default=None, help="checkpoint template, e.g. runs/c_{prop}/last.pt")
+    ap.add_argument("--retrain", action="store_true", help="retrain classifiers/generators even if cached")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--work", default=str(ROOT / "results" / "tmp" / "qm9_conditional"))
+    ap.add_argument("--out", default=None, help="JSON (default: results/qm9_conditional[_reduced].json)")
+    ap.add_argument("--sweep", default=None, help="instead: sweep targets of this property, plot to --png")
+    ap.add_argument("--sweep-num", type=int, default=16, help="samples per target in --sweep")
+    ap.add_argument("--png", default=str(ROOT.parent / "docs" / "conditional_sweep.png"))
+    args = ap.parse_args(argv)
+    props = [s.strip() for s in args.properties.split(",") if s.strip()]
+    bad = [s for s in props if s not in PROPERTIES]
+    if bad:
+        ap.error(f"unknown property {bad[0]!r}; allowed: {', '.join(PROPERTY_NAMES)}")
+    torch.set_num_threads(1 if args.reduced else torch.get_num_threads())
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    arrays = load_dataset("qm9")
+    if args.sweep:
+        res = sweep(args.sweep, arrays, args, work, Path(args.png))
+        out = Path(args.out or ROOT / "results" / f"qm9_conditional_sweep_{args.sweep}.json")
+        out.write_text(json.dumps(res, indent=2))
+        print(json.dumps(res, indent=1))
+        return 0
+    results = {prop: run_property(prop, arrays, args, work) for prop in props}
+    out = Path(args.out or ROOT / "results" / f"qm9_conditional{'_reduced' if args.reduced else ''}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"reduced": args.reduced, "settings": REDUCED if args.reduced else FULL,
+                               "paper": PAPER, "results": results}, indent=2))
+    print(format_table(results))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
