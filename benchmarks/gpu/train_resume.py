@@ -1,0 +1,186 @@
+"""Resume training of a moldiff checkpoint on packed QM9 within one short GPU command, then evaluate.
+
+    python benchmarks/gpu/train_resume.py --checkpoint moldiff/pretrained/qm9.pt \\
+        --data .gpu/qm9_train.npz --out "$OUT" --device cuda --max-minutes 7 [--bf16] [--compile]
+
+CPU smoke test (seconds)::
+
+    .venv/bin/python benchmarks/gpu/train_resume.py --checkpoint /tmp/tiny.pt --data .gpu/qm9_train.npz \\
+        --out /tmp/resume --device cpu --max-minutes 0.2 --max-molecules 512 --eval-samples 16 --eval-steps 10
+
+Steps: load the checkpoint (resume exactly when it holds optimizer state, else start from its
+raw and EMA weights with a fresh AdamW); evaluate the EMA model (``--eval-samples`` molecules,
+``--eval-steps`` steps of ``--eval-method``); train with moldiff's :class:`~moldiff.training.Trainer`
+(EDM clipping, EMA, the checkpoint's config; only ``max_minutes``, ``device``, ``batch_size``/``lr``
+when given, and the logging cadence are overridden) until ``--max-minutes``; evaluate again;
+write ``OUT/checkpoint.pt`` (config, stats, weights, EMA; no optimizer state, so it stays small),
+``OUT/metrics.json`` and ``OUT/log.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+import types
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pack_qm9 import load_packed  # noqa: E402  (same directory)
+
+from moldiff.config import ExperimentConfig  # noqa: E402
+from moldiff.data.loader import MolLoader  # noqa: E402
+from moldiff.evaluation import evaluate_molecules  # noqa: E402
+from moldiff.pipeline import build_process  # noqa: E402
+from moldiff.sampling.priors import NodeCountDistribution  # noqa: E402
+from moldiff.sampling.sampler import SAMPLERS, Sampler  # noqa: E402
+from moldiff.training.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from moldiff.training.trainer import Trainer  # noqa: E402
+
+SUMMARY = ("atom_stability", "mol_stability", "validity", "uniqueness")
+
+
+def bf16_forward(denoiser: torch.nn.Module) -> None:
+    """Run ``denoiser``'s forward under CUDA bf16 autocast, returning float32 (state dict unchanged)."""
+    plain = type(denoiser).forward
+
+    def forward(self, *args: Any, **kwargs: Any):
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
+            out = plain(self, *args, **kwargs)
+        return tuple(o.float() for o in out)
+
+    denoiser.forward = types.MethodType(forward, denoiser)
+
+
+@torch.no_grad()
+def evaluate(process, elements: list[str], hist: dict, num: int, steps: int, method: str, seed: int,
+             device: str) -> dict[str, Any]:
+    """Sample ``num`` molecules with ``process`` and return the EDM summary plus timing."""
+    if num <= 0:
+        return {}
+    process.eval()
+    counts = NodeCountDistribution(hist).sample(num, torch.Generator().manual_seed(seed))
+    t0 = time.perf_counter()
+    out = Sampler(process).sample_batched(counts, seed=seed, steps=steps, method=method, device=device)
+    seconds = time.perf_counter() - t0
+    mols = [([elements[i] for i in t.tolist()], p.double().numpy()) for t, p in out.split()]
+    _, summary = evaluate_molecules(mols)
+    res = {k: summary.get(k) for k in SUMMARY}
+    res.update(num=num, steps=steps, method=method, sample_seconds=seconds)
+    return res
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", type=Path, default=Path("moldiff/pretrained/qm9.pt"))
+    ap.add_argument("--data", type=Path, default=Path(".gpu/qm9_train.npz"))
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--device", default="cuda", choices=["cpu", "cuda"])
+    ap.add_argument("--max-minutes", type=float, default=7.0, help="training time (evaluation comes on top)")
+    ap.add_argument("--max-molecules", type=int, default=None, help="train on the first N molecules only")
+    ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--eval-samples", type=int, default=500)
+    ap.add_argument("--eval-steps", type=int, default=100)
+    ap.add_argument("--eval-method", default="ancestral", choices=SAMPLERS)
+    ap.add_argument("--skip-eval-before", action="store_true")
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast for the denoiser (CUDA)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the denoiser (in place)")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device available")
+    if args.bf16 and args.device != "cuda":
+        raise SystemExit("--bf16 needs --device cuda")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    t_start = time.perf_counter()
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    payload = load_checkpoint(args.checkpoint)
+    config = ExperimentConfig.from_dict(payload["config"])
+    stats = payload["stats"]
+    train_over: dict[str, Any] = {"max_minutes": args.max_minutes, "device": args.device, "max_steps": None,
+                                  "epochs": 10**6,
+                                  "eval_every_steps": 10**9, "checkpoint_every_steps": 10**9,
+                                  "log_every_steps": 50, "n_eval_samples": 0, "seed": args.seed}
+    if args.batch_size:
+        train_over["batch_size"] = args.batch_size
+    if args.lr:
+        train_over["lr"] = args.lr
+    config = config.override(train=train_over)
+    arrays = load_packed(args.data, args.max_molecules)
+    elements = list(stats["elements"])
+    if list(arrays.elements) != elements:
+        raise SystemExit(f"data elements {arrays.elements} differ from the checkpoint's {elements}")
+    loader = MolLoader(arrays, batch_size=config.train.batch_size, shuffle=True, seed=args.seed)
+    t_load = time.perf_counter() - t_start
+
+    process = build_process(config, len(elements), int(stats.get("context_nf", 0)))
+    hist = {int(k): v for k, v in stats["n_atoms_hist"].items()}
+    work = Path(tempfile.mkdtemp(prefix="moldiff_resume_"))
+    shutil.copy(args.checkpoint, work / "last.pt")
+    trainer = Trainer(process, config, stats, train_batches=loader.iter_batches, out_dir=work,
+                      device=args.device, progress=False)
+    if "optimizer" in payload:
+        trainer.resume(work / "last.pt")
+        trainer.state.elapsed_s = 0.0  # the time budget counts from now
+        trainer.state.best_val_nll = float("inf")
+        mode = "resumed (optimizer, EMA, clipping history, counters)"
+    else:
+        trainer.init_from(work / "last.pt")
+        mode = "initialised from weights (checkpoint has no optimizer state)"
+    step0 = trainer.state.step
+    if args.bf16:
+        bf16_forward(trainer.process.denoiser)
+    if args.compile:
+        trainer.process.denoiser.compile(dynamic=True)
+    print(f"{mode}; step {step0}; {arrays.num_molecules} molecules; load {t_load:.1f} s", flush=True)
+
+    eval_args = (elements, hist, args.eval_samples, args.eval_steps, args.eval_method, args.seed, args.device)
+    before = {} if args.skip_eval_before else evaluate(trainer.ema, *eval_args)
+    print(f"before: {before}", flush=True)
+    t0 = time.perf_counter()
+    state = trainer.fit()
+    train_s = time.perf_counter() - t0
+    trained = state.step - step0
+    after = evaluate(trainer.ema, *eval_args)
+    print(f"after: {after}", flush=True)
+
+    info = dict(payload.get("info", {}))
+    info.update(resumed_from=str(args.checkpoint), resume_steps=trained, total_steps=state.step)
+    save_checkpoint(args.out / "checkpoint.pt", {
+        "config": config.to_dict(), "stats": stats, "model": trainer.process.state_dict(),
+        "ema": trainer.ema.state_dict(), "info": info,
+    })
+    if (work / "log.csv").is_file():
+        shutil.copy(work / "log.csv", args.out / "log.csv")
+    bs = config.train.batch_size
+    metrics = {
+        "mode": mode, "device": args.device,
+        "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
+        "bf16": args.bf16, "compile": args.compile, "molecules": arrays.num_molecules, "batch_size": bs,
+        "start_step": step0, "end_step": state.step, "steps": trained, "train_seconds": train_s,
+        "train_mol_per_s": trained * bs / max(train_s, 1e-9),
+        "epochs_done": trained * bs / arrays.num_molecules,
+        "before": before, "after": after,
+        "checkpoint_mib": (args.out / "checkpoint.pt").stat().st_size / 2**20,
+        "wall_seconds": time.perf_counter() - t_start,
+    }
+    (args.out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    print(json.dumps(metrics, indent=1))
+    shutil.rmtree(work, ignore_errors=True)
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""Sample quality and time per sampler and step count (EDM metrics).
+
+    .venv/bin/python benchmarks/steps_vs_quality.py --model qm9 --num 500 \\
+        --steps 25 50 100 250 1000 --samplers ancestral ddim dpm2 [--device cpu] [--threads 2]
+
+``--model`` is a shipped model name or any checkpoint path. The same ``--num`` atom counts (drawn
+once from the model's ``p(N)``) and the same seed are used for every row, so rows differ only by
+sampler and step count. Each row is scored with
+:func:`moldiff.evaluation.evaluate_molecules` (atom / molecule stability, validity, uniqueness,
+novelty against ``data/qm9/train_smiles.txt.gz`` when present) and timed (sampling only).
+Writes ``benchmarks/results/steps_vs_quality_<model>.json`` and ``.md`` (a markdown table).
+
+Smoke test on a tiny random checkpoint (seconds)::
+
+    .venv/bin/python benchmarks/steps_vs_quality.py --make-random-checkpoint /tmp/tiny.pt
+    .venv/bin/python benchmarks/steps_vs_quality.py --model /tmp/tiny.pt --num 8 --steps 5 10 \\
+        --out /tmp/svq.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from bench_sampling import RESULTS, ROOT, load_config, machine, qm9_histogram, write_json  # same directory
+
+import moldiff
+from moldiff.evaluation import evaluate_molecules, load_reference_smiles
+from moldiff.sampling.sampler import SAMPLERS
+from moldiff.training.checkpoint import save_checkpoint
+
+REFERENCE = ROOT / "data" / "qm9" / "train_smiles.txt.gz"
+COLUMNS = ("atom_stability", "mol_stability", "validity", "uniqueness", "novelty")
+
+
+def make_random_checkpoint(path: str | Path, config: str = "tiny", seed: int = 0) -> Path:
+    """Write a randomly initialised checkpoint in the trainer's format (for smoke tests)."""
+    cfg = load_config(config if "/" in config else str(ROOT / "benchmarks" / "configs" / f"{config}.yaml"))
+    torch.manual_seed(seed)
+    proc = moldiff.build_process(cfg, num_classes=5)
+    hist, _ = qm9_histogram()
+    stats = {"elements": ["H", "C", "N", "O", "F"], "n_atoms_hist": hist, "max_n_atoms": max(hist),
+             "context_nf": 0, "conditioning": []}
+    save_checkpoint(path, {"config": cfg.to_dict(), "stats": stats, "model": proc.state_dict(),
+                           "ema": proc.state_dict()})
+    return Path(path)
+
+
+def markdown(rows: list[dict[str, Any]], title: str) -> str:
+    """A markdown table of the rows."""
+    cols = " | ".join(c.replace("_", " ") + " (%)" for c in COLUMNS)
+    head = f"| sampler | steps | {cols} | s | mol/s |"
+    lines = [f"### {title}", "", head, "|" + "---|" * (len(COLUMNS) + 4)]
+    for r in rows:
+        vals = " | ".join("–" if r.get(c) is None else f"{100 * r[c]:.1f}" for c in COLUMNS)
+        timing = f"{r['seconds']:.1f} | {r['mol_per_s']:.2f}"
+        lines.append(f"| {r['sampler']} | {r['steps']} | {vals} | {timing} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="qm9", help="shipped model name or checkpoint path")
+    ap.add_argument("--num", type=int, default=500)
+    ap.add_argument("--steps", nargs="+", type=int, default=[25, 50, 100, 250, 1000])
+    ap.add_argument("--samplers", nargs="+", default=["ancestral", "ddim", "dpm2"])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--batch-size", type=int, default=None, help="molecules per batch (default: model's)")
+    ap.add_argument("--out", type=Path, default=None, help="JSON path (the .md goes next to it)")
+    ap.add_argument("--make-random-checkpoint", type=Path, default=None, metavar="PATH",
+                    help="only write a random tiny checkpoint to PATH and exit")
+    args = ap.parse_args(argv)
+    if args.make_random_checkpoint is not None:
+        print(f"wrote {make_random_checkpoint(args.make_random_checkpoint)}")
+        return []
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = moldiff.load_model(args.model, device=args.device)
+    bad = sorted(set(args.samplers) - set(SAMPLERS))
+    if bad:
+        raise SystemExit(f"unknown sampler(s) {bad}; allowed: {list(SAMPLERS)}")
+    counts = model.node_distribution.sample(args.num, torch.Generator().manual_seed(args.seed)).tolist()
+    reference = load_reference_smiles(REFERENCE) if REFERENCE.is_file() else None
+    rows = []
+    for sampler in args.samplers:
+        for steps in args.steps:
+            t0 = time.perf_counter()
+            mols = model.sample_raw(args.num, steps=steps, seed=args.seed, num_atoms=counts, method=sampler,
+                                    batch_size=args.batch_size)
+            seconds = time.perf_counter() - t0
+            _, summary = evaluate_molecules(mols, reference_smiles=reference)
+            row = {"sampler": sampler, "steps": steps, "num": args.num, "seconds": seconds,
+                   "mol_per_s": args.num / seconds, **{c: summary.get(c) for c in COLUMNS}}
+            rows.append(row)
+            print(f"{sampler:9s} {steps:5d} steps: atom {100 * row['atom_stability']:.1f}%  "
+                  f"mol {100 * row['mol_stability']:.1f}%  valid {100 * row['validity']:.1f}%  "
+                  f"{seconds:.1f} s")
+    name = Path(args.model).stem
+    out = args.out or RESULTS / f"steps_vs_quality_{name}.json"
+    write_json(out, {"model": args.model, "num": args.num, "seed": args.seed,
+                     "machine": machine(args.device, torch.get_num_threads()), "rows": rows})
+    md = Path(out).with_suffix(".md")
+    md.write_text(markdown(rows, f"Steps vs quality: model {name}, {args.num} molecules, seed {args.seed}"))
+    print(md.read_text())
+    return rows
+
+
+if __name__ == "__main__":
+    main()
