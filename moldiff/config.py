@@ -6,12 +6,13 @@ receives a whole config. Unknown keys are rejected with ``ValueError``. Imports 
 
 from __future__ import annotations
 
-
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+_INT_FIELDS = frozenset({"max_molecules", "hidden_nf", "n_layers", "timesteps", "batch_size", "epochs", "max_steps"})
 
 
 def _check_choice(name: str, value: Any, allowed: tuple) -> None:
@@ -19,11 +20,28 @@ def _check_choice(name: str, value: Any, allowed: tuple) -> None:
         raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
 
 
-def _check_positive(name: str, value: float, allow_zero: bool = False) -> None:
+def _check_positive(name: str, value: float, allow_zero: bool = False, integer: bool | None = None) -> None:
     if value is None:
         return
+    if integer is None:
+        integer = name.split(".")[-1] in _INT_FIELDS
+    ok_type = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, ok_type):
+        kind = "an integer" if integer else "a number"
+        raise ValueError(f"{name} must be {kind}, got {value!r}")
     if (value < 0) if allow_zero else (value <= 0):
         raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+
+
+def _valid_schedule(name: object) -> bool:
+    if name == "cosine":
+        return True
+    if not isinstance(name, str) or not name.startswith("polynomial_"):
+        return False
+    try:
+        return float(name.split("_", 1)[1]) > 0
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -83,9 +101,10 @@ class DiffusionConfig:
     def __post_init__(self) -> None:
         _check_positive("diffusion.timesteps", self.timesteps)
         _check_choice("diffusion.loss_type", self.loss_type, ("l2", "vlb"))
-        if not (self.noise_schedule == "cosine" or self.noise_schedule.startswith("polynomial_")):
+        if not _valid_schedule(self.noise_schedule):
             raise ValueError(
-                f"diffusion.noise_schedule must be 'cosine' or 'polynomial_<p>', got {self.noise_schedule!r}"
+                f"diffusion.noise_schedule must be 'cosine' or 'polynomial_<p>' (p a number, e.g. polynomial_2), "
+                f"got {self.noise_schedule!r}"
             )
         if len(self.norm_values) != 3:
             raise ValueError(f"diffusion.norm_values must have 3 entries, got {self.norm_values!r}")

@@ -14,14 +14,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from moldiff.conditioning import context_width
 from moldiff.config import ExperimentConfig
 from moldiff.diffusion.process import EquivariantDiffusion
-from moldiff.diffusion.schedules import NoiseSchedule
-from moldiff.nn.denoiser import EGNNDenoiser
 from moldiff.sampling.priors import NodeCountDistribution
-from moldiff.sampling.sampler import SAMPLERS, Sampler, SampleOutput
+from moldiff.sampling.sampler import SAMPLERS, SampleOutput, Sampler
 from moldiff.training.checkpoint import load_checkpoint
+from moldiff.training.factory import build_process
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 
@@ -29,26 +27,6 @@ PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 def shipped_models() -> list[str]:
     """Names of the checkpoints shipped inside the package."""
     return sorted(p.stem for p in PRETRAINED_DIR.glob("*.pt"))
-
-
-def build_process(config: ExperimentConfig, num_classes: int, context_nf: int = 0) -> EquivariantDiffusion:
-    """Wire an :class:`EquivariantDiffusion` with an :class:`EGNNDenoiser` from a config.
-
-    ``context_nf`` is the number of conditioning properties; a model trained with context dropout
-    gets ``2 * context_nf`` context channels (:func:`moldiff.conditioning.context_width`).
-    """
-    m, d = config.model, config.diffusion
-    width = context_width(context_nf, config.train.context_dropout)
-    denoiser = EGNNDenoiser(
-        in_node_nf=num_classes + int(d.include_charges), context_nf=width, hidden_nf=m.hidden_nf,
-        n_layers=m.n_layers, attention=m.attention, tanh=m.tanh, coords_range=m.coords_range,
-        norm_constant=m.norm_constant, normalization_factor=m.normalization_factor,
-    )
-    schedule = NoiseSchedule(d.noise_schedule, d.timesteps, d.noise_precision)
-    return EquivariantDiffusion(
-        denoiser, schedule, num_classes, include_charges=d.include_charges, norm_values=d.norm_values,
-        loss_type=d.loss_type,
-    )
 
 
 @dataclass

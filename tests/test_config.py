@@ -185,14 +185,6 @@ def test_every_registered_schedule_is_accepted(name):
     assert NoiseSchedule(cfg.noise_schedule, 10).name == name
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "BUG moldiff/config.py DiffusionConfig.__post_init__: accepts any 'polynomial_<p>' string, so "
-        "'polynomial_x' passes config validation and only fails later in NoiseSchedule"
-    ),
-)
 def test_config_rejects_every_schedule_the_factory_rejects():
     try:
         DiffusionConfig(noise_schedule="polynomial_x")
@@ -201,14 +193,6 @@ def test_config_rejects_every_schedule_the_factory_rejects():
     raise AssertionError("DiffusionConfig accepted noise_schedule='polynomial_x'")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=(AssertionError, TypeError),
-    reason=(
-        "BUG moldiff/config.py _check_positive: no type validation; hidden_nf='256' raises TypeError "
-        "(not ValueError) and hidden_nf=2.5 is accepted"
-    ),
-)
 @pytest.mark.parametrize("value", ["256", 2.5])
 def test_wrong_type_rejected_with_value_error(value):
     with pytest.raises(ValueError, match="hidden_nf"):

@@ -14,6 +14,7 @@ from moldiff.data.datasets import load_dataset
 from moldiff.data.loader import MolLoader
 from moldiff.data.splits import get_split
 from moldiff.data.statistics import n_atoms_histogram, property_mean_mad
+from moldiff.training.factory import build_process
 from moldiff.training.trainer import Trainer, TrainState
 
 _SPLIT_NAMES = {"train": "train", "first_half": "first_half", "second_half": "second_half"}
@@ -65,8 +66,6 @@ def run_training(
     Returns:
         The final :class:`TrainState`.
     """
-    from moldiff.pipeline import build_process
-
     out_dir = Path(out_dir)
     if resume and not (out_dir / "last.pt").is_file():
         raise ValueError(f"--resume: no checkpoint to resume at {out_dir / 'last.pt'}")
