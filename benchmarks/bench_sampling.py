@@ -9,7 +9,8 @@ drawn from QM9's train histogram (``data/qm9/stats.json``, else EDM's). Every fi
 median of ``--repeat`` runs (the machine may be shared). Runs predicted to take longer than
 ``--max-run-seconds`` are extrapolated from the largest measured step count of the same batch
 (time is linear in the number of network calls, ``steps + 1``) and flagged ``"extrapolated"``.
-Method and optimisation rows (``--opt-batch-size`` 64, ``--opt-steps`` 10): every sampler;
+Method and optimisation rows (``--opt-batch-size`` 64, ``--opt-steps`` 10; variants timed in
+alternating rounds so that load drift hits all alike): every sampler;
 ``node_projection`` off/on; ``torch.compile`` (first-call time reported apart); bf16 autocast
 (CUDA only). Writes ``benchmarks/results/bench_sampling_<device>.json``.
 
@@ -63,8 +64,9 @@ def atom_counts(num: int, seed: int = 0) -> torch.Tensor:
 
 
 def load_config(name: str) -> ExperimentConfig:
-    """``edm`` / ``small`` or a YAML path."""
-    return ExperimentConfig.load_yaml(CONFIGS.get(name, name))
+    """``edm`` / ``small``, the stem of a YAML in ``benchmarks/configs`` or a YAML path."""
+    named = ROOT / "benchmarks" / "configs" / f"{name}.yaml"
+    return ExperimentConfig.load_yaml(CONFIGS.get(name) or (named if named.is_file() else name))
 
 
 def set_node_projection(module: torch.nn.Module, flag: bool) -> None:
@@ -98,6 +100,28 @@ def timed(fn, repeat: int, device: str) -> tuple[float, list[float]]:
         sync(device)
         times.append(time.perf_counter() - t0)
     return statistics.median(times), times
+
+
+def interleaved(fns: dict[str, Any], repeat: int, device: str) -> dict[str, tuple[float, list[float]]]:
+    """Time several variants in alternating rounds (A B C, A B C, ...): median and all times each.
+
+    On a shared machine the load drifts; alternating puts every variant under the same drift, so
+    before/after ratios are fairer than timing one variant after the other.
+    """
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeat):
+        for label, fn in fns.items():
+            times[label].append(timed(fn, 1, device)[0])
+    return {k: (statistics.median(v), v) for k, v in times.items()}
+
+
+def compile_denoiser(proc) -> str | None:
+    """``torch.compile`` the denoiser in place; returns an error message instead of raising."""
+    try:
+        proc.denoiser = torch.compile(proc.denoiser, dynamic=True)
+        return None
+    except Exception as exc:  # noqa: BLE001 - record any compiler failure honestly
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
 
 
 def machine(device: str, threads: int) -> dict[str, Any]:
@@ -163,13 +187,13 @@ def step_rows(args, name: str, proc) -> list[dict[str, Any]]:
 
 
 def method_rows(args, name: str, proc, bs: int = 64, steps: int = 10) -> list[dict[str, Any]]:
-    """Same batch and steps for every registered sampler (cost per step is one network call)."""
+    """Same batch and steps for every registered sampler, alternating (one network call per step)."""
     from moldiff.sampling.sampler import SAMPLERS
 
     counts = atom_counts(bs, seed=bs)
+    fns = {m: sample_run(proc, counts, steps, m, args.device) for m in SAMPLERS}
     rows = []
-    for method in SAMPLERS:
-        t, times = timed(sample_run(proc, counts, steps, method, args.device), args.repeat, args.device)
+    for method, (t, times) in interleaved(fns, args.repeat, args.device).items():
         rows.append({"config": name, "batch_size": bs, "steps": steps, "method": method, "seconds": t,
                      "mol_per_s": bs / t, "times": times})
         print(f"{name:6s} {method:9s} batch {bs} steps {steps}: {bs / t:8.2f} mol/s")
@@ -177,39 +201,41 @@ def method_rows(args, name: str, proc, bs: int = 64, steps: int = 10) -> list[di
 
 
 def optimisation_rows(args, name: str, config: ExperimentConfig, bs: int = 64, steps: int = 10) -> list[dict]:
-    """Before/after rows: node_projection, torch.compile, bf16 autocast."""
+    """Before/after rows, timed in alternating rounds: node_projection, torch.compile, bf16 autocast."""
     counts = atom_counts(bs, seed=bs)
-    rows = []
-
-    def measure(label: str, proc, dtype: str = "fp32", warm: int = 1) -> dict[str, Any]:
-        t_first = None
-        for i in range(warm):
-            t0 = time.perf_counter()
-            sample_run(proc, counts, 2, "ancestral", args.device, dtype)()
-            if i == 0:
-                t_first = time.perf_counter() - t0
-        run = sample_run(proc, counts, steps, "ancestral", args.device, dtype)
-        t, times = timed(run, args.repeat, args.device)
-        row = {"config": name, "what": label, "batch_size": bs, "steps": steps, "seconds": t,
-               "mol_per_s": bs / t, "times": times, "first_call_s": t_first}
-        print(f"{name:6s} {label:28s}: {bs / t:8.2f} mol/s")
-        return row
-
-    rows.append(measure("node_projection=False", random_process(config, args.device, False)))
-    rows.append(measure("node_projection=True", random_process(config, args.device, True)))
+    variants: dict[str, tuple[Any, str]] = {
+        "node_projection=False": (random_process(config, args.device, False), "fp32"),
+        "node_projection=True": (random_process(config, args.device, True), "fp32"),
+    }
+    rows: list[dict[str, Any]] = []
     if args.device.startswith("cuda"):
-        rows.append(measure("bf16 autocast", random_process(config, args.device, True), dtype="bf16"))
+        variants["bf16 autocast"] = (random_process(config, args.device, True), "bf16")
     else:
         rows.append({"config": name, "what": "bf16 autocast", "status": "pending (CUDA only)"})
     if args.compile:
         proc = random_process(config, args.device, True)
+        err = compile_denoiser(proc)
+        if err is None:
+            variants["torch.compile(dynamic=True)"] = (proc, "fp32")
+    first: dict[str, float] = {}
+    for label in list(variants):
+        proc, dtype = variants[label]
+        t0 = time.perf_counter()
         try:
-            proc.denoiser = torch.compile(proc.denoiser, dynamic=True)
-            rows.append(measure("torch.compile(dynamic=True)", proc, warm=2))
-        except Exception as exc:  # noqa: BLE001 - record any compiler failure honestly
-            msg = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
-            rows.append({"config": name, "what": "torch.compile(dynamic=True)", "status": f"failed: {msg}"})
-            print(f"{name:6s} torch.compile failed: {msg}")
+            sample_run(proc, counts, 2, "ancestral", args.device, dtype)()  # warm-up (compiles)
+            sample_run(proc, counts, 2, "ancestral", args.device, dtype)()
+        except Exception as exc:  # noqa: BLE001 - e.g. a compiler failing at the first call
+            err = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+            del variants[label]
+        first[label] = time.perf_counter() - t0
+    if args.compile and "torch.compile(dynamic=True)" not in variants:
+        rows.append({"config": name, "what": "torch.compile(dynamic=True)", "status": f"failed: {err}"})
+        print(f"{name:6s} torch.compile failed: {err}")
+    fns = {k: sample_run(p, counts, steps, "ancestral", args.device, d) for k, (p, d) in variants.items()}
+    for label, (t, times) in interleaved(fns, args.repeat, args.device).items():
+        rows.append({"config": name, "what": label, "batch_size": bs, "steps": steps, "seconds": t,
+                     "mol_per_s": bs / t, "times": times, "warmup_s": first[label]})
+        print(f"{name:6s} {label:28s}: {bs / t:8.2f} mol/s  {[round(x, 1) for x in times]}")
     return rows
 
 

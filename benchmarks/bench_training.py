@@ -7,7 +7,8 @@ Random weights and random QM9-size molecules (atom counts from QM9's train histo
 from its element frequencies, positions ~ N(0, 1.5 Å) per axis): speed does not depend on the
 values. The step is the trainer's (``process.loss`` in train mode, L2 objective, EDM's adaptive
 gradient clipping, AdamW with amsgrad). Each figure is the median over ``--repeat`` windows of
-``--steps`` optimiser steps, after 2 warm-up steps. Before/after rows: ``node_projection`` off/on,
+``--steps`` optimiser steps, after 2 warm-up steps; the variants alternate window by window, so
+load drift on a shared machine hits them alike. Before/after rows: ``node_projection`` off/on,
 ``torch.compile`` of the denoiser, bf16 autocast (CUDA only). Writes
 ``benchmarks/results/bench_training_<device>.json``.
 """
@@ -24,11 +25,12 @@ from bench_sampling import (  # same directory
     RESULTS,
     atom_counts,
     autocast,
+    compile_denoiser,
+    interleaved,
     load_config,
     machine,
     qm9_histogram,
     random_process,
-    timed,
     write_json,
 )
 
@@ -71,19 +73,46 @@ def train_steps(proc, mb: MolBatch, steps: int, device: str, dtype: str = "fp32"
     return run
 
 
-def measure(args, name: str, label: str, proc, dtype: str = "fp32") -> dict[str, Any]:
-    """molecules/s of one configuration variant."""
+def config_rows(args, name: str) -> list[dict[str, Any]]:
+    """Before/after rows of one configuration, timed in alternating rounds (fair under load drift)."""
+    config = load_config(name)
+    print(f"== {name}: {config.model.n_layers} x {config.model.hidden_nf}")
     mb = random_batch(args.batch_size, seed=1, device=args.device)
-    t0 = time.perf_counter()
-    train_steps(proc, mb, 2, args.device, dtype)()  # warm-up (and compilation)
-    warm = time.perf_counter() - t0
-    t, times = timed(train_steps(proc, mb, args.steps, args.device, dtype), args.repeat, args.device)
-    per_step = t / args.steps
-    row = {"config": name, "what": label, "batch_size": args.batch_size, "atoms": int(mb.pos.shape[0]),
-           "seconds_per_step": per_step, "mol_per_s": args.batch_size / per_step, "warmup_2_steps_s": warm,
-           "window_times": times}
-    print(f"{name:6s} {label:28s}: {args.batch_size / per_step:8.2f} mol/s  ({per_step:.3f} s/step)")
-    return row
+    variants: dict[str, tuple[Any, str]] = {
+        "node_projection=False": (random_process(config, args.device, False), "fp32"),
+        "node_projection=True": (random_process(config, args.device, True), "fp32"),
+    }
+    rows: list[dict[str, Any]] = []
+    if args.device == "cuda":
+        variants["bf16 autocast"] = (random_process(config, args.device), "bf16")
+    else:
+        rows.append({"config": name, "what": "bf16 autocast", "status": "pending (CUDA only)"})
+    err = None
+    if args.compile:
+        proc = random_process(config, args.device)
+        err = compile_denoiser(proc)
+        if err is None:
+            variants["torch.compile(dynamic=True)"] = (proc, "fp32")
+    fns, warm = {}, {}
+    for label, (proc, dtype) in list(variants.items()):
+        t0 = time.perf_counter()
+        try:
+            train_steps(proc, mb, 2, args.device, dtype)()  # warm-up (and compilation)
+        except Exception as exc:  # noqa: BLE001 - e.g. a compiler failing at the first call
+            err = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+            continue
+        warm[label] = time.perf_counter() - t0
+        fns[label] = train_steps(proc, mb, args.steps, args.device, dtype)
+    if args.compile and "torch.compile(dynamic=True)" not in fns:
+        rows.append({"config": name, "what": "torch.compile(dynamic=True)", "status": f"failed: {err}"})
+        print(f"{name:6s} torch.compile failed: {err}")
+    for label, (t, times) in interleaved(fns, args.repeat, args.device).items():
+        per_step = t / args.steps
+        rows.append({"config": name, "what": label, "batch_size": args.batch_size, "atoms": int(mb.pos.shape[0]),
+                     "seconds_per_step": per_step, "mol_per_s": args.batch_size / per_step,
+                     "warmup_2_steps_s": warm[label], "window_times": times})
+        print(f"{name:6s} {label:28s}: {args.batch_size / per_step:8.2f} mol/s  ({per_step:.3f} s/step)")
+    return rows
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -100,27 +129,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device available")
     torch.set_num_threads(args.threads)
-    rows: list[dict[str, Any]] = []
-    for name in args.configs:
-        config = load_config(name)
-        print(f"== {name}: {config.model.n_layers} x {config.model.hidden_nf}")
-        rows.append(measure(args, name, "node_projection=False", random_process(config, args.device, False)))
-        rows.append(measure(args, name, "node_projection=True", random_process(config, args.device, True)))
-        if args.device == "cuda":
-            proc = random_process(config, args.device)
-            rows.append(measure(args, name, "bf16 autocast", proc, dtype="bf16"))
-        else:
-            rows.append({"config": name, "what": "bf16 autocast", "status": "pending (CUDA only)"})
-        if args.compile:
-            proc = random_process(config, args.device)
-            try:
-                proc.denoiser = torch.compile(proc.denoiser, dynamic=True)
-                rows.append(measure(args, name, "torch.compile(dynamic=True)", proc))
-            except Exception as exc:  # noqa: BLE001 - record any compiler failure honestly
-                msg = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
-                rows.append({"config": name, "what": "torch.compile(dynamic=True)",
-                             "status": f"failed: {msg}"})
-                print(f"{name:6s} torch.compile failed: {msg}")
+    rows = [row for name in args.configs for row in config_rows(args, name)]
     result = {"machine": machine(args.device, args.threads), "histogram": qm9_histogram()[1], "rows": rows}
     write_json(Path(args.out) if args.out else RESULTS / f"bench_training_{args.device}.json", result)
     return result

@@ -36,7 +36,6 @@ from pack_qm9 import load_packed  # noqa: E402  (same directory)
 
 from moldiff.config import ExperimentConfig  # noqa: E402
 from moldiff.data.loader import MolLoader  # noqa: E402
-from moldiff.evaluation import evaluate_molecules  # noqa: E402
 from moldiff.pipeline import build_process  # noqa: E402
 from moldiff.sampling.priors import NodeCountDistribution  # noqa: E402
 from moldiff.sampling.sampler import SAMPLERS, Sampler  # noqa: E402
@@ -70,6 +69,10 @@ def evaluate(process, elements: list[str], hist: dict, num: int, steps: int, met
     out = Sampler(process).sample_batched(counts, seed=seed, steps=steps, method=method, device=device)
     seconds = time.perf_counter() - t0
     mols = [([elements[i] for i in t.tolist()], p.double().numpy()) for t, p in out.split()]
+    try:  # RDKit may be missing on the GPU image; carry its wheel (benchmarks/gpu/README.md)
+        from moldiff.evaluation import evaluate_molecules
+    except ImportError as exc:
+        return {"error": f"evaluation skipped: {exc}", "num": num, "sample_seconds": seconds}
     _, summary = evaluate_molecules(mols)
     res = {k: summary.get(k) for k in SUMMARY}
     res.update(num=num, steps=steps, method=method, sample_seconds=seconds)
