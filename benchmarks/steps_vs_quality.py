@@ -3,9 +3,11 @@
     .venv/bin/python benchmarks/steps_vs_quality.py --model qm9 --num 500 \\
         --steps 25 50 100 250 1000 --samplers ancestral ddim dpm2 [--device cpu] [--threads 2]
 
-``--model`` is a shipped model name or any checkpoint path. The same ``--num`` atom counts (drawn
-once from the model's ``p(N)``) and the same seed are used for every row, so rows differ only by
-sampler and step count. Each row is scored with
+``--model`` is a shipped model name or any checkpoint path; ``--samplers`` takes registered names
+and ``ddim@ETA`` (DDIM with that ``eta``; ``ddim@1`` equals ancestral). Molecules are sampled with
+:meth:`~moldiff.sampling.sampler.Sampler.sample_batched` (``--max-atoms`` per batch). The same
+``--num`` atom counts (drawn once from the model's ``p(N)``) and the same seed are used for every
+row, so rows differ only by sampler and step count. Each row is scored with
 :func:`moldiff.evaluation.evaluate_molecules` (atom / molecule stability, validity, uniqueness,
 novelty against ``data/qm9/train_smiles.txt.gz`` when present) and timed (sampling only).
 Writes ``benchmarks/results/steps_vs_quality_<model>.json`` and ``.md`` (a markdown table).
@@ -29,7 +31,7 @@ from bench_sampling import RESULTS, ROOT, load_config, machine, qm9_histogram, w
 
 import moldiff
 from moldiff.evaluation import evaluate_molecules, load_reference_smiles
-from moldiff.sampling.sampler import SAMPLERS
+from moldiff.sampling.sampler import DEFAULT_MAX_ATOMS_PER_BATCH, SAMPLERS, Sampler
 from moldiff.training.checkpoint import save_checkpoint
 
 REFERENCE = ROOT / "data" / "qm9" / "train_smiles.txt.gz"
@@ -70,7 +72,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--batch-size", type=int, default=None, help="molecules per batch (default: model's)")
+    ap.add_argument("--max-atoms", type=int, default=DEFAULT_MAX_ATOMS_PER_BATCH, help="atoms per batch")
     ap.add_argument("--out", type=Path, default=None, help="JSON path (the .md goes next to it)")
     ap.add_argument("--make-random-checkpoint", type=Path, default=None, metavar="PATH",
                     help="only write a random tiny checkpoint to PATH and exit")
@@ -81,18 +83,21 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if args.threads:
         torch.set_num_threads(args.threads)
     model = moldiff.load_model(args.model, device=args.device)
-    bad = sorted(set(args.samplers) - set(SAMPLERS))
+    bad = sorted({name.split("@")[0] for name in args.samplers} - set(SAMPLERS))
     if bad:
-        raise SystemExit(f"unknown sampler(s) {bad}; allowed: {list(SAMPLERS)}")
+        raise SystemExit(f"unknown sampler(s) {bad}; allowed: {list(SAMPLERS)} (ddim@ETA sets eta)")
     counts = model.node_distribution.sample(args.num, torch.Generator().manual_seed(args.seed)).tolist()
     reference = load_reference_smiles(REFERENCE) if REFERENCE.is_file() else None
     rows = []
     for sampler in args.samplers:
         for steps in args.steps:
+            method, _, eta = sampler.partition("@")
             t0 = time.perf_counter()
-            mols = model.sample_raw(args.num, steps=steps, seed=args.seed, num_atoms=counts, method=sampler,
-                                    batch_size=args.batch_size)
+            out = Sampler(model.process).sample_batched(
+                counts, max_atoms_per_batch=args.max_atoms, seed=args.seed, steps=steps, method=method,
+                eta=float(eta or 0.0), device=args.device)
             seconds = time.perf_counter() - t0
+            mols = [([model.elements[i] for i in t.tolist()], p.double().numpy()) for t, p in out.split()]
             _, summary = evaluate_molecules(mols, reference_smiles=reference)
             row = {"sampler": sampler, "steps": steps, "num": args.num, "seconds": seconds,
                    "mol_per_s": args.num / seconds, **{c: summary.get(c) for c in COLUMNS}}
