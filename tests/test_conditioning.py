@@ -260,3 +260,18 @@ def test_cli_bad_targets_exit_2(tmp_path, capsys):
     assert main([*base, "--target", "alpha=30", "--guidance", "1"]) == 0
     assert main([*base, "--target", "alpha=900"]) == 0
     assert "outside the training range" in capsys.readouterr().err
+
+
+@pytest.mark.skipif("qm9-alpha" not in __import__("moldiff.pipeline").pipeline.shipped_models(),
+                    reason="qm9-alpha not shipped")
+def test_shipped_alpha_model_larger_target_gives_larger_molecules():
+    from moldiff.pipeline import load_model
+
+    model = load_model("qm9-alpha")
+    assert model.conditioning == ("alpha",)
+    sizes = {}
+    for a in (60.0, 95.0):
+        cond = conditional_inputs(model, 200, None, {"alpha": a}, None, torch.Generator().manual_seed(0))
+        sizes[a] = cond.num_atoms.float().mean().item()
+    assert sizes[95.0] > sizes[60.0] + 5
+    assert len(model.sample_raw(2, steps=3, target={"alpha": 95.0}, guidance=1.0)) == 2
