@@ -232,11 +232,10 @@ def property_distribution(stats: Mapping[str, Any]) -> PropertyDistribution:
     """The ``p(c | N)`` histograms stored in a checkpoint's statistics.
 
     Raises:
-        ValueError: the checkpoint predates them (see :func:`attach_property_distribution`).
+        ValueError: the checkpoint predates them (``moldiff train`` stores them since 0.1.0).
     """
     if "property_distribution" not in stats:
-        raise ValueError("this checkpoint has no property histograms (stats['property_distribution'] = "
-                         "PropertyDistribution.to_dict(), see benchmarks/qm9_conditional.py)")
+        raise ValueError("this checkpoint has no property histograms p(c | N); retrain it with moldiff train")
     return PropertyDistribution.from_dict(stats["property_distribution"])
 
 

@@ -91,3 +91,20 @@ def test_train_bad_config(tmp_path, capsys):
     assert "widht" in _err_line(capsys)
     assert main(["train", "--config", str(TINY), "--out", str(tmp_path / "r2"), "--resume"]) == 2
     assert "resume" in _err_line(capsys)
+
+
+def test_conditional_train_and_sample(tmp_path, capsys):
+    run = tmp_path / "cond"
+    assert main(["train", "--config", str(TINY), "--condition", "alpha", "--out", str(run)]) == 0
+    import torch
+
+    stats = torch.load(run / "last.pt", weights_only=False)["stats"]
+    assert stats["conditioning"] == ["alpha"] and "property_distribution" in stats
+    out = tmp_path / "c.xyz"
+    assert main(["sample", "--model", str(run / "last.pt"), "--target", "alpha=80", "--num", "3",
+                 "--steps", "5", "--out", str(out)]) == 0
+    assert len(read_molecules(out)) == 3
+    capsys.readouterr()
+    bad = tmp_path / "bad.xyz"
+    assert main(["sample", "--model", str(run / "last.pt"), "--target", "gap=5", "--out", str(bad)]) == 2
+    assert "alpha" in _err_line(capsys) and not bad.exists()

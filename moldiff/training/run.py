@@ -100,7 +100,15 @@ def run_training(
     stats = dataset_statistics(train.arrays, rows, tuple(dc.conditioning), dc.dataset)
     stats["elements"] = list(train.elements)
     if norms:
+        from moldiff.sampling.priors import PropertyDistribution
+
         stats["property_norms"] = {k: [float(m), float(s)] for k, (m, s) in norms.items()}
+        # p(c | N) of the generator's training molecules (EDM's DistributionProperty), for sampling
+        # targets without a dataset.
+        prop_dist = PropertyDistribution.from_values(
+            train.arrays.n_atoms[rows], {k: arrays.properties[k][rows] for k in dc.conditioning}
+        )
+        stats["property_distribution"] = prop_dist.to_dict()
     process = build_process(config, len(train.elements), len(dc.conditioning))
     trainer = Trainer(
         process, config, stats, train_batches=train.iter_batches, out_dir=out_dir,

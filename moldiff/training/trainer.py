@@ -57,18 +57,17 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
         pe.mul_(decay).add_(p.detach(), alpha=1 - decay)
 
 
-def quick_stability(process: EquivariantDiffusion, elements: list[str], node_dist: NodeCountDistribution,
-                    n: int, steps: int, seed: int) -> tuple[float, float]:
-    """Sample ``n`` molecules and return EDM (atom, molecule) stability fractions."""
-    gen = torch.Generator().manual_seed(seed)
-    out = Sampler(process).sample(node_dist.sample(n, gen), steps=steps, seed=seed)
+def quick_stability(process: EquivariantDiffusion, elements: list[str], num_atoms: torch.Tensor, steps: int,
+                    seed: int, context: torch.Tensor | None = None) -> tuple[float, float]:
+    """Sample one molecule per entry of ``num_atoms`` and return EDM (atom, molecule) stability fractions."""
+    out = Sampler(process).sample(num_atoms, steps=steps, seed=seed, context=context)
     stable_mols = stable_atoms = total_atoms = 0
     for types, pos in out.split():
         ok, n_ok, n_at = check_stability([elements[i] for i in types.tolist()], pos.double().numpy())
         stable_mols += int(ok)
         stable_atoms += n_ok
         total_atoms += n_at
-    return stable_atoms / max(total_atoms, 1), stable_mols / max(n, 1)
+    return stable_atoms / max(total_atoms, 1), stable_mols / max(out.num_graphs, 1)
 
 
 @dataclass
@@ -199,8 +198,14 @@ class Trainer:
         val_nll = self.validate()
         row["val_nll"] = val_nll
         if self.cfg.n_eval_samples and self.rank == 0:
-            a, m = quick_stability(self.ema, list(self.stats["elements"]), self.node_dist,
-                                   self.cfg.n_eval_samples, self.cfg.eval_sample_steps, seed=self.state.step)
+            n, context = self.cfg.n_eval_samples, None
+            counts = self.node_dist.sample(n, torch.Generator().manual_seed(self.state.step))
+            if self.stats.get("context_nf") and self.val_batches is not None:
+                # conditional model: sample at the (N, c) pairs of real validation molecules
+                mb = self._context(next(iter(self.val_batches(0))), train=False)
+                counts, context = mb.num_atoms[:n], mb.context[:n]
+            a, m = quick_stability(self.ema, list(self.stats["elements"]), counts, self.cfg.eval_sample_steps,
+                                   seed=self.state.step, context=context)
             row["atom_stability"], row["mol_stability"] = a, m
         self._log(row)
         if math.isfinite(val_nll) and val_nll < self.state.best_val_nll:
