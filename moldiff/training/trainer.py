@@ -1,5 +1,6 @@
-"""Plain-PyTorch training loop: AdamW, EMA, EDM's adaptive gradient clipping, validation NLL,
-periodic sampling with a quick stability score, CSV log + loss plot, atomic checkpoints, exact resume,
+"""Plain-PyTorch training loop for :class:`EquivariantDiffusion`.
+
+AdamW, EMA, EDM's adaptive gradient clipping, validation NLL, periodic sampling with a quick stability score, CSV log + loss plot, atomic checkpoints, exact resume,
 and data-parallel training under ``torchrun`` (DDP; gloo on CPU, NCCL on CUDA).
 """
 
@@ -21,6 +22,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from moldiff.conditioning import drop_context, with_keep_flags
 from moldiff.config import ExperimentConfig
 from moldiff.diffusion.process import EquivariantDiffusion
 from moldiff.evaluation.stability import check_stability
@@ -43,6 +45,7 @@ class GradClipper:
         self.queue: deque[float] = deque(history if history is not None else [3000.0], maxlen=maxlen)
 
     def __call__(self, params: list[torch.nn.Parameter]) -> tuple[float, float]:
+        """Clip ``params``' gradients in place; returns ``(gradient norm, max_norm used)``."""
         q = np.asarray(self.queue, dtype=np.float64)
         max_norm = float(1.5 * q.mean() + 2 * q.std())
         norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm=max_norm))
@@ -53,7 +56,7 @@ class GradClipper:
 @torch.no_grad()
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     """``p_ema <- decay p_ema + (1 - decay) p`` over parameters."""
-    for pe, p in zip(ema.parameters(), model.parameters()):
+    for pe, p in zip(ema.parameters(), model.parameters(), strict=True):
         pe.mul_(decay).add_(p.detach(), alpha=1 - decay)
 
 
@@ -156,16 +159,13 @@ class Trainer:
         self.ema.load_state_dict(payload["ema"])
 
     def _context(self, mb: MolBatch, train: bool) -> MolBatch:
-        """Guidance training: ``[B, C]`` -> ``[c · keep, keep]``, nulled w.p. ``context_dropout``.
-
-        Same layout and RNG use as :func:`moldiff.conditioning.drop_context` (tested to agree).
-        """
+        """Guidance training: ``[B, C]`` -> ``[c · keep, keep]``, nulled w.p. ``context_dropout`` when training."""
         p, ctx = self.cfg.context_dropout, mb.context
         if ctx is None or p <= 0:
             return mb
-        keep = torch.rand(mb.num_graphs, generator=self.gen) >= p if train else torch.ones(mb.num_graphs)
-        keep = keep.to(ctx.device, ctx.dtype)[:, None].expand_as(ctx)
-        return replace(mb, context=torch.cat([ctx * keep, keep], dim=1))
+        if train:
+            return replace(mb, context=drop_context(ctx, p, self.gen))
+        return replace(mb, context=with_keep_flags(ctx, torch.ones(mb.num_graphs, device=ctx.device)))
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
