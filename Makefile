@@ -32,6 +32,7 @@ sample: install
 	$(VENV)/bin/moldiff sample --model qm9 --num $(NUM) --steps $(STEPS) --seed 0 --out $(OUT)
 
 test: install-dev
+	$(VENV)/bin/ruff check moldiff tests benchmarks
 	$(PY) -m pytest -q
 
 test-all: install-dev

@@ -2,7 +2,7 @@
 
 >>> import moldiff
 >>> model = moldiff.load_model("qm9")            # doctest: +SKIP
->>> mols = model.sample(10, steps=100, seed=0)   # doctest: +SKIP  (RDKit molecules with 3D coordinates)
+>>> mols = model.sample(10, steps=100, seed=0)   # doctest: +SKIP
 """
 
 from __future__ import annotations

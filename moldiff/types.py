@@ -66,4 +66,6 @@ class Denoiser(Protocol):
         t: torch.Tensor,
         batch: torch.Tensor,
         context: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predict ``(eps_pos, eps_h)``."""
+        ...

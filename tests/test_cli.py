@@ -37,7 +37,7 @@ def test_train_sample_roundtrip(tiny_ckpt, tmp_path):
     mols_sdf, mols_xyz = read_molecules(sdf), read_molecules(xyz)
     assert len(mols_sdf) == len(mols_xyz) == 5
     # same seed -> same molecules in both formats
-    for a, b in zip(mols_sdf, mols_xyz):
+    for a, b in zip(mols_sdf, mols_xyz, strict=True):
         assert a.symbols == b.symbols
         assert abs(a.pos - b.pos).max() < 1e-3
 

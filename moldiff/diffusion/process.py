@@ -256,7 +256,15 @@ class EquivariantDiffusion(nn.Module):
         ``std = sigma_t|s sigma_s / sigma_t``. Positions are re-centred after the step.
 
         Args:
+            z_pos: ``[N, 3]`` noisy positions at time ``t``.
+            z_h: ``[N, F]`` noisy features at time ``t``.
+            t: ``[B]`` current normalised time.
+            s: ``[B]`` target normalised time (``s < t``).
+            batch: ``[N]`` molecule index of every atom.
+            num_graphs: ``B``.
+            context: ``[B, C]`` conditioning or ``None``.
             noise: optional fixed ``(noise_pos, noise_h)`` (EDM's ``fix_noise``; used by tests).
+            generator: RNG for the noise when ``noise`` is not given.
             eps: optional precomputed network output (e.g. classifier-free guided).
         """
         gamma_t, gamma_s = self.schedule.gamma(t), self.schedule.gamma(s)

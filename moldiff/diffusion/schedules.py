@@ -102,6 +102,7 @@ class NoiseSchedule(nn.Module):
         self.register_buffer("gamma_table", torch.from_numpy(gamma).float(), persistent=False)
 
     def extra_repr(self) -> str:
+        """Schedule name and T in the module repr."""
         return f"name={self.name!r}, timesteps={self.timesteps}"
 
     # ------------------------------------------------------------------ basic quantities

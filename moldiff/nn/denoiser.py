@@ -70,6 +70,7 @@ class EGNNDenoiser(nn.Module):
         self, pos: torch.Tensor, h: torch.Tensor, t: torch.Tensor, batch: torch.Tensor,
         context: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Apply the layer; shapes as in the class docstring."""
         num_graphs = t.shape[0]
         feats = [h, t.reshape(num_graphs, 1).to(h.dtype)[batch]]
         if self.context_nf:

@@ -64,6 +64,7 @@ class GCL(nn.Module):
         self.node_projection = node_projection
 
     def forward(self, h: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor) -> torch.Tensor:
+        """Apply the layer; shapes as in the class docstring."""
         row, col = edge_index
         m = self.act(_edge_input_linear(self.edge_in, h, edge_attr, row, col, self.node_projection))
         m = self.act(self.edge_out(m))
@@ -102,6 +103,7 @@ class EquivariantUpdate(nn.Module):
     def forward(
         self, h: torch.Tensor, pos: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor
     ) -> torch.Tensor:
+        """Apply the layer; shapes as in the class docstring."""
         row, col = edge_index
         diff = pos[row] - pos[col]
         dist = torch.sqrt((diff**2).sum(dim=1, keepdim=True) + 1e-8)
@@ -139,6 +141,7 @@ class EquivariantBlock(nn.Module):
     def forward(
         self, h: torch.Tensor, pos: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Apply the layer; shapes as in the class docstring."""
         row, col = edge_index
         d2 = ((pos[row] - pos[col]) ** 2).sum(dim=1, keepdim=True)
         e = torch.cat([d2, edge_attr], dim=1)
@@ -178,6 +181,7 @@ class EGNN(nn.Module):
     def forward(
         self, h: torch.Tensor, pos: torch.Tensor, edge_index: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Apply the layer; shapes as in the class docstring."""
         row, col = edge_index
         d2_init = ((pos[row] - pos[col]) ** 2).sum(dim=1, keepdim=True)
         h = self.embedding(h)

@@ -1,6 +1,7 @@
 """Plain-PyTorch training loop for :class:`EquivariantDiffusion`.
 
-AdamW, EMA, EDM's adaptive gradient clipping, validation NLL, periodic sampling with a quick stability score, CSV log + loss plot, atomic checkpoints, exact resume,
+AdamW, EMA, EDM's adaptive gradient clipping, validation NLL, periodic sampling with a quick
+stability score, CSV log + loss plot, atomic checkpoints, exact resume,
 and data-parallel training under ``torchrun`` (DDP; gloo on CPU, NCCL on CUDA).
 """
 

@@ -83,9 +83,9 @@ def test_resume_continues_exactly(tmp_path):
     resumed.resume()
     assert resumed.state.step == 4
     resumed.fit()
-    for (n1, p1), (_, p2) in zip(full.process.state_dict().items(), resumed.process.state_dict().items()):
+    for (n1, p1), (_, p2) in zip(full.process.state_dict().items(), resumed.process.state_dict().items(), strict=True):
         assert torch.equal(p1, p2), n1
-    for p1, p2 in zip(full.ema.parameters(), resumed.ema.parameters()):
+    for p1, p2 in zip(full.ema.parameters(), resumed.ema.parameters(), strict=True):
         assert torch.equal(p1, p2)
 
 
