@@ -53,3 +53,16 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if payload["format_version"] > FORMAT_VERSION:
         raise ValueError(f"checkpoint {path} has format {payload['format_version']}, newer than this moldiff")
     return payload
+
+
+def export_checkpoint(src: str | Path, dst: str | Path, info: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write a sampling-only copy of a training checkpoint (no optimizer/RNG state), e.g. to ship it.
+
+    The training counters go to ``info["train_state"]``; ``info`` adds provenance (command, date, ...).
+    Returns the written payload.
+    """
+    payload = load_checkpoint(src)
+    out = {k: payload[k] for k in ("config", "stats", "model", "ema")}
+    out["info"] = {**payload.get("info", {}), "train_state": payload.get("state", {}), **(info or {})}
+    save_checkpoint(dst, out)
+    return out

@@ -126,3 +126,14 @@ def test_ddp_two_processes_gloo_stay_in_sync(tmp_path):
         assert p.exitcode == 0
     assert np.array_equal(results[0], results[1])  # gradients are all-reduced: replicas agree
     assert (tmp_path / "run" / "last.pt").is_file()
+
+
+def test_export_checkpoint_is_small_and_samples(tmp_path):
+    from moldiff.training.checkpoint import export_checkpoint
+
+    tr = _trainer(tmp_path / "run", CFG.override(train={"max_steps": 2}))
+    tr.fit()
+    out = export_checkpoint(tmp_path / "run" / "last.pt", tmp_path / "ship.pt", {"note": "x"})
+    assert "optimizer" not in out and out["info"]["train_state"]["step"] == 2 and out["info"]["note"] == "x"
+    assert (tmp_path / "ship.pt").stat().st_size < (tmp_path / "run" / "last.pt").stat().st_size
+    assert len(from_checkpoint(tmp_path / "ship.pt").sample_raw(1, steps=3)) == 1
