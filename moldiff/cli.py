@@ -10,6 +10,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the CLI imports the library lazily, so that --help stays fast
+    import torch
+
+    from moldiff.pipeline import MolDiff
+    from moldiff.sampling.sharding import Shard
 
 
 class CLIError(ValueError):
@@ -106,8 +113,13 @@ def _add_sample_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output file (.sdf or .xyz)")
     p.add_argument("--format", choices=("sdf", "xyz"), default=None, help="default: from --out suffix")
     p.add_argument("--sampler", default=None, help="sampler name (default: the model's default)")
-    p.add_argument("--batch-size", type=_positive_int, default=None)
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity in [0, 1] (--sampler ddim)")
+    p.add_argument("--batch-size", type=_positive_int, default=None, help="at most this many molecules per batch")
+    p.add_argument("--batch-atoms", type=_positive_int, default=None,
+                   help="atom budget per batch (default: automatic, from free GPU memory on CUDA)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (under torchrun: cuda:LOCAL_RANK)")
+    p.add_argument("--no-evaluate", dest="evaluate", action="store_false",
+                   help="skip the printed quality summary (large runs: keeps memory flat)")
     p.add_argument("--target", action="append", default=[], help="property target, e.g. alpha=80")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance weight")
     p.add_argument("--num-atoms", type=_positive_int, default=None, help="fix the number of atoms")
@@ -124,35 +136,65 @@ def _output_format(out: str, fmt: str | None) -> str:
 
 
 def _run_sample(args: argparse.Namespace) -> int:
-    from moldiff.io import write_sdf, write_xyz
-    from moldiff.pipeline import load_model, to_rdkit
+    """Sample, streaming batches to ``--out`` in order; sharded over processes under ``torchrun``."""
+    from moldiff.conditioning import parse_targets
+    from moldiff.pipeline import load_model
+    from moldiff.sampling.sharding import Shard, init_sharding, resolve_device
 
     fmt = _output_format(args.out, args.format)
     if not Path(args.out).parent.resolve().is_dir():
         raise CLIError(f"output directory does not exist: {Path(args.out).parent}")
-    model = load_model(args.model, device=args.device)
+    if args.grid and not args.evaluate:
+        raise CLIError("--grid draws the evaluated molecules: drop --no-evaluate")
+    device = resolve_device(args.device, Shard.from_env())
+    model = load_model(args.model, device=device)
     if args.target or args.guidance is not None:
         if not model.conditioning:
             raise CLIError(f"model {args.model!r} is unconditional: --target/--guidance need a conditional model")
+    target = parse_targets(args.target) if args.target else None
+    shard = init_sharding(device)
+    try:
+        return _sample_to_file(args, model, fmt, target, device, shard)
+    finally:
+        if shard.world_size > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _sample_to_file(args: argparse.Namespace, model: MolDiff, fmt: str, target: dict[str, float] | None,
+                    device: torch.device, shard: Shard) -> int:
+    """Rank 0 streams the batches, gathered in order, to ``--out`` and prints the summary."""
     import warnings
 
-    from moldiff.conditioning import parse_targets
+    from moldiff.io import molecule_writer
+    from moldiff.pipeline import to_rdkit
+    from moldiff.sampling.sharding import gather_in_order
 
-    target = parse_targets(args.target) if args.target else None
-    method = args.sampler or "ancestral"
+    batches = model.iter_samples(
+        args.num, steps=args.steps, seed=args.seed, num_atoms=args.num_atoms, method=args.sampler or "ancestral",
+        eta=args.eta, batch_size=args.batch_size, max_atoms_per_batch=args.batch_atoms, progress=shard.is_main,
+        target=target, guidance=args.guidance, device=device, rank=shard.rank, world_size=shard.world_size,
+    )
+    molecules: list = []
     with warnings.catch_warnings(record=True) as caught:  # e.g. a target outside the training range
         warnings.simplefilter("always", UserWarning)
-        molecules = model.sample_raw(
-            args.num, steps=args.steps, seed=args.seed, num_atoms=args.num_atoms, method=method,
-            batch_size=args.batch_size, progress=True, target=target, guidance=args.guidance,
-        )
+        ordered = gather_in_order(batches, shard)
+        if not shard.is_main:
+            for _ in ordered:  # take part in every gather round; rank 0 writes
+                pass
+            return 0
+        with molecule_writer(args.out, fmt) as write:
+            for batch in ordered:
+                write(batch if fmt == "xyz" else [to_rdkit(sym, pos) for sym, pos in batch])
+                if args.evaluate:
+                    molecules.extend(batch)
+            total = write.written
     for w in caught:
         print(f"moldiff: warning: {w.message}", file=sys.stderr)
-    if fmt == "xyz":
-        write_xyz(args.out, molecules)
-    else:
-        write_sdf(args.out, [to_rdkit(sym, pos) for sym, pos in molecules])
-    print(f"wrote {len(molecules)} molecules to {args.out}")
+    print(f"wrote {total} molecules to {args.out}")
+    if not args.evaluate:
+        return 0
     from moldiff.evaluation.report import evaluate_molecules, format_summary
 
     table, summary = evaluate_molecules(molecules)

@@ -15,7 +15,7 @@ import math
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -283,12 +283,91 @@ def _as_triplet(mol: MoleculeLike, k: int) -> tuple[list[str], np.ndarray, str]:
     else:
         symbols, pos = mol[0], mol[1]
         name = str(mol[2]) if len(mol) > 2 else ""
-    symbols = [_symbol(str(s)) for s in symbols]
+    try:
+        symbols = [_symbol(str(s)) for s in symbols]
+    except ValueError as exc:
+        raise ValueError(f"molecule {k}: {exc}") from None
     pos = np.asarray(pos, dtype=np.float64)
     if pos.shape != (len(symbols), 3):
         raise ValueError(f"molecule {k}: pos must have shape [{len(symbols)}, 3], got {list(pos.shape)}")
     _check_positions(pos)
     return symbols, pos, " ".join(name.split())
+
+
+def _xyz_frame(symbols: list[str], pos: np.ndarray, name: str) -> str:
+    atoms = "".join(f"{s:<2s} {x:16.10f} {y:16.10f} {z:16.10f}\n" for s, (x, y, z) in zip(symbols, pos, strict=True))
+    return f"{len(symbols)}\n{name}\n{atoms}"
+
+
+@contextlib.contextmanager
+def molecule_writer(path: str | Path, fmt: str) -> Iterator[Callable[[Iterable[Any]], int]]:
+    """Stream molecules to an XYZ or SDF file batch by batch, atomically.
+
+    Yields a ``write(molecules) -> count`` function; call it once per batch, in order. The file
+    appears, complete, when the block exits, and not at all if it raises (a bad molecule included).
+
+    Args:
+        path: output file.
+        fmt: ``"xyz"`` (molecules as :class:`MoleculeRecord` or ``(symbols, pos[, name])`` tuples) or
+            ``"sdf"`` (RDKit ``Mol`` objects with a conformer).
+
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "two.xyz"
+    >>> with molecule_writer(p, "xyz") as write:
+    ...     write([(["H", "H"], [[0, 0, 0], [0.74, 0, 0]])])
+    ...     write([(["O"], [[0, 0, 0]])])
+    1
+    1
+    >>> len(read_xyz(p))
+    2
+    """
+    if fmt not in ("xyz", "sdf"):
+        raise ValueError(f"unknown molecule format {fmt!r}; allowed: xyz, sdf")
+    with atomic_write(path) as fh:
+        sink = _XyzSink(fh) if fmt == "xyz" else _SdfSink(fh)
+        try:
+            yield sink
+        finally:
+            sink.close()
+
+
+class _XyzSink:
+    """Appends validated XYZ frames to an open text file (see :func:`molecule_writer`)."""
+
+    def __init__(self, fh: IO[str]) -> None:
+        self.fh, self.written = fh, 0
+
+    def __call__(self, molecules: Iterable[Any]) -> int:
+        frames = [_as_triplet(m, self.written + k) for k, m in enumerate(molecules, start=1)]
+        self.fh.write("".join(_xyz_frame(*frame) for frame in frames))
+        self.written += len(frames)
+        return len(frames)
+
+    def close(self) -> None:
+        """Nothing to release (the file belongs to the caller)."""
+
+
+class _SdfSink:
+    """Appends RDKit molecules to an open text file through one ``SDWriter`` (see :func:`molecule_writer`)."""
+
+    def __init__(self, fh: IO[str]) -> None:
+        from rdkit import Chem
+
+        self.mol_type, self.writer, self.written = Chem.Mol, Chem.SDWriter(fh), 0
+
+    def __call__(self, molecules: Iterable[Any]) -> int:
+        mols = list(molecules)
+        for k, mol in enumerate(mols, start=self.written + 1):
+            if not isinstance(mol, self.mol_type):
+                raise ValueError(f"molecule {k}: expected an RDKit Mol, got {type(mol).__name__}")
+        for mol in mols:
+            self.writer.write(mol)
+        self.written += len(mols)
+        return len(mols)
+
+    def close(self) -> None:
+        """Flush the SDWriter (the file itself belongs to the caller)."""
+        self.writer.close()
 
 
 def write_xyz(path: str | Path, molecules: Iterable[MoleculeLike]) -> None:
@@ -302,14 +381,8 @@ def write_xyz(path: str | Path, molecules: Iterable[MoleculeLike]) -> None:
     Raises:
         ValueError: unknown element, bad shape or non-finite coordinate (nothing is written).
     """
-    frames = [_as_triplet(m, k) for k, m in enumerate(molecules, start=1)]  # validate before writing
-    with atomic_write(path) as fh:
-        for symbols, pos, name in frames:
-            fh.write(f"{len(symbols)}\n{name}\n")
-            fh.writelines(
-                f"{s:<2s} {x:16.10f} {y:16.10f} {z:16.10f}\n"
-                for s, (x, y, z) in zip(symbols, pos, strict=True)
-            )
+    with molecule_writer(path, "xyz") as write:
+        write(molecules)
 
 
 def write_sdf(path: str | Path, mols: Iterable[Any]) -> None:
@@ -318,16 +391,5 @@ def write_sdf(path: str | Path, mols: Iterable[Any]) -> None:
     Raises:
         ValueError: if an entry is not an RDKit ``Mol`` (nothing is written).
     """
-    from rdkit import Chem
-
-    mols = list(mols)
-    for k, mol in enumerate(mols, start=1):
-        if not isinstance(mol, Chem.Mol):
-            raise ValueError(f"molecule {k}: expected an RDKit Mol, got {type(mol).__name__}")
-    with atomic_write(path) as fh:
-        writer = Chem.SDWriter(fh)
-        try:
-            for mol in mols:
-                writer.write(mol)
-        finally:
-            writer.close()
+    with molecule_writer(path, "sdf") as write:
+        write(mols)

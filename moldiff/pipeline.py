@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import torch
 from moldiff.config import ExperimentConfig
 from moldiff.diffusion.process import EquivariantDiffusion
 from moldiff.sampling.priors import NodeCountDistribution
-from moldiff.sampling.sampler import SAMPLERS, SampleOutput, Sampler
+from moldiff.sampling.sampler import SAMPLERS, Sampler
 from moldiff.training.checkpoint import load_checkpoint
 from moldiff.training.factory import build_process
 
@@ -72,19 +73,21 @@ class MolDiff:
         return self
 
     # ------------------------------------------------------------------ sampling
-    def sample_raw(
+    def iter_samples(
         self, num: int, steps: int | None = None, seed: int | None = 0, num_atoms: int | list[int] | None = None,
-        method: str = "ancestral", batch_size: int | None = None, progress: bool = False,
-        context: torch.Tensor | None = None, eps_fn: Any = None,
-        target: dict[str, float] | None = None, guidance: float | None = None,
-    ) -> list[tuple[list[str], np.ndarray]]:
-        """Sample ``num`` molecules as ``(symbols, pos [n, 3])`` pairs (in order, reproducible).
+        method: str = "ancestral", batch_size: int | None = None, max_atoms_per_batch: int | None = None,
+        progress: bool = False, context: torch.Tensor | None = None, eps_fn: Any = None,
+        target: dict[str, float] | None = None, guidance: float | None = None, eta: float = 0.0,
+        device: str | torch.device | None = None, rank: int = 0, world_size: int = 1,
+    ) -> Iterator[tuple[int, list[tuple[list[str], np.ndarray]]]]:
+        """Sample ``num`` molecules batch by batch: yields ``(k, molecules)`` for batch ``k``, in order.
 
-        Conditional models: ``target={"alpha": 80.0}`` (raw units, any subset of the model's
-        properties) fixes those properties; ``N ~ p(N | target)`` unless ``num_atoms`` is given, and
-        properties left out are drawn from ``p(c | N)`` (EDM). With no target, ``(N, c)`` follows the
-        training joint. ``guidance=w`` applies classifier-free guidance (needs a model trained with
-        ``context_dropout``); ``w = 0`` equals plain conditional sampling. See ``docs/conditional.md``.
+        The arguments are those of :meth:`sample_raw`, plus the sharding pair ``rank`` /
+        ``world_size``: batch ``k`` is sampled by the process with ``rank == k % world_size``, and
+        every process draws the same sizes and batch seeds, so the union over ranks is exactly the
+        single-process result (:func:`moldiff.sampling.sharding.gather_in_order` reassembles it).
+        Batches are packed by atom count (``max_atoms_per_batch``, automatic by default: see
+        :func:`moldiff.sampling.sampler.auto_batch_budget`), at most ``batch_size`` molecules each.
         """
         if num < 1:
             raise ValueError(f"number of molecules must be >= 1, got {num}")
@@ -93,6 +96,10 @@ class MolDiff:
             raise ValueError(f"--steps must be between 1 and T={T}, got {steps}")
         if method not in SAMPLERS:
             raise ValueError(f"unknown sampler {method!r}; allowed: {list(SAMPLERS)}")
+        if eta != 0.0 and method != "ddim":
+            raise ValueError(f"eta is a ddim option; got eta={eta} with sampler {method!r}")
+        if not 0.0 <= eta <= 1.0:
+            raise ValueError(f"eta must be between 0 and 1, got {eta}")
         gen = torch.Generator().manual_seed(int(seed)) if seed is not None else None
         cond = None
         if self.conditioning and context is None:
@@ -108,23 +115,37 @@ class MolDiff:
             counts = torch.as_tensor([num_atoms] * num if isinstance(num_atoms, int) else num_atoms)
             if counts.numel() != num or int(counts.min()) < 1 or int(counts.max()) > self.max_atoms:
                 raise ValueError(f"number of atoms must be between 1 and the model's limit {self.max_atoms}")
-        batch_size = batch_size or max(1, min(num, 4096 // max(1, int(counts.float().mean()))))
+        eps_fn_for = None
+        if cond is not None and cond.guidance:
+            def eps_fn_for(sl: slice) -> Any:
+                return cond.eps_fn(self.process, counts[sl], context[sl])
+
         self.process.eval()
-        sampler = Sampler(self.process)
-        out: list[tuple[list[str], np.ndarray]] = []
         elements = self.elements
-        for k, start in enumerate(range(0, num, batch_size)):
-            chunk = counts[start : start + batch_size]
-            ctx = None if context is None else context[start : start + batch_size]
-            if cond is not None and cond.guidance:
-                eps_fn = cond.eps_fn(self.process, chunk, ctx)
-            res: SampleOutput = sampler.sample(
-                chunk, steps=steps, seed=None if seed is None else int(seed) * 100003 + k, context=ctx,
-                method=method, progress=progress, eps_fn=eps_fn,
-            )
-            for types, pos in res.split():
-                out.append(([elements[i] for i in types.tolist()], pos.double().numpy()))
-        return out
+        batches = Sampler(self.process).iter_batches(
+            counts, max_atoms_per_batch=max_atoms_per_batch, max_graphs_per_batch=batch_size, seed=seed,
+            context=context, eps_fn_for=eps_fn_for, rank=rank, world_size=world_size, progress=progress,
+            steps=steps, method=method, eps_fn=eps_fn, eta=eta, device=device,
+        )
+        for k, _, out in batches:
+            yield k, [([elements[i] for i in t.tolist()], p.double().numpy()) for t, p in out.split()]
+
+    def sample_raw(self, num: int, steps: int | None = None, seed: int | None = 0,
+                   **kwargs: Any) -> list[tuple[list[str], np.ndarray]]:
+        """Sample ``num`` molecules as ``(symbols, pos [n, 3])`` pairs (in order, reproducible).
+
+        Conditional models: ``target={"alpha": 80.0}`` (raw units, any subset of the model's
+        properties) fixes those properties; ``N ~ p(N | target)`` unless ``num_atoms`` is given, and
+        properties left out are drawn from ``p(c | N)`` (EDM). With no target, ``(N, c)`` follows the
+        training joint. ``guidance=w`` applies classifier-free guidance (needs a model trained with
+        ``context_dropout``); ``w = 0`` equals plain conditional sampling. See ``docs/conditional.md``.
+
+        Keyword arguments (all optional): ``num_atoms`` (int or list), ``method`` (one of
+        :data:`~moldiff.sampling.sampler.SAMPLERS`), ``eta`` (DDIM), ``batch_size`` (molecules per
+        batch), ``max_atoms_per_batch``, ``progress``, ``context``, ``eps_fn``, ``target``,
+        ``guidance``, ``device``; see :meth:`iter_samples`.
+        """
+        return [m for _, batch in self.iter_samples(num, steps=steps, seed=seed, **kwargs) for m in batch]
 
     def sample(self, num: int, steps: int | None = None, seed: int | None = 0, **kwargs: Any) -> list:
         """Sample ``num`` molecules as RDKit ``Mol`` objects with 3D conformers and EDM-inferred bonds."""

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from rdkit import Chem
 
 from moldiff.constants import ATOMIC_NUMBERS
-from moldiff.io import MoleculeRecord, atomic_write, read_molecules, write_sdf, write_xyz
+from moldiff.io import MoleculeRecord, atomic_write, molecule_writer, read_molecules, write_sdf, write_xyz
 
 FIXTURES = Path(__file__).parent / "data"
 WATER = "3\nwater\nO 0.0 0.0 0.1\nH 0.0 0.75 -0.5\nH 0.0 -0.75 -0.5\n"
@@ -172,3 +172,30 @@ def test_xyz_roundtrip_property(tmp_path, mols):
         np.testing.assert_allclose(rec.pos, pos, atol=1e-9)
     write_xyz(path, recs)  # records themselves round-trip
     assert [r.symbols for r in read_molecules(path)] == [m[0] for m in mols]
+
+
+def test_molecule_writer_streams_batches_atomically(tmp_path):
+    water = (["O", "H", "H"], np.array([[0.0, 0.0, 0.0], [0.96, 0.0, 0.0], [-0.24, 0.93, 0.0]]))
+    path = tmp_path / "stream.xyz"
+    with molecule_writer(path, "xyz") as write:
+        assert write([water, water]) == 2
+        assert not path.exists()  # nothing visible until the stream is complete
+        assert write([water]) == 1
+        assert write.written == 3
+    assert len(read_molecules(path)) == 3
+    # a bad molecule in a later batch: the whole file is abandoned, the old one is kept
+    with pytest.raises(ValueError, match="molecule 3"):
+        with molecule_writer(path, "xyz") as write:
+            write([water, water])
+            write([(["Xq"], np.zeros((1, 3)))])
+    assert len(read_molecules(path)) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stream.xyz"]
+    sdf = tmp_path / "stream.sdf"
+    with pytest.raises(ValueError, match="molecule 2: expected an RDKit Mol"):
+        with molecule_writer(sdf, "sdf") as write:
+            write([Chem.MolFromSmiles("C")])
+            write(["CCO"])
+    assert not sdf.exists()
+    with pytest.raises(ValueError, match="format"):
+        with molecule_writer(tmp_path / "x.pdb", "pdb"):
+            pass

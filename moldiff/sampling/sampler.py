@@ -4,14 +4,20 @@ Molecules are sampled as a sparse batch (no padding). Sampling with ``S < T`` st
 sub-sequence of the ``T + 1`` integer timesteps; the ancestral transition ``p(z_s | z_t)`` is exact
 for any ``s < t``, so no retraining is needed. Besides the ancestral sampler, the deterministic
 DDIM and the second-order DPM-Solver++(2M) (:mod:`moldiff.sampling.solvers`) reach comparable
-quality in far fewer steps. Every sampler is reproducible from a seed, and
-:meth:`Sampler.sample_batched` bounds memory by packing molecules into batches of at most
-``max_atoms_per_batch`` atoms (and optionally ``max_edges_per_batch`` edges).
+quality in far fewer steps. Every sampler is reproducible from a seed.
+
+Large runs go through :meth:`Sampler.iter_batches`: molecules are packed, in input order, into
+batches within an atom (and edge) budget (:func:`plan_batches`, sized from free GPU memory by
+:func:`auto_batch_budget`); batch ``k`` is seeded with :func:`batch_seed`, so the molecules a seed
+produces do not depend on how many processes share the work (``rank`` / ``world_size``, see
+:mod:`moldiff.sampling.sharding`). A batch that still runs out of GPU memory is split in halves
+and retried instead of failing the run.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -24,8 +30,17 @@ from moldiff.sampling.solvers import SOLVERS, grid_gammas, solve
 #: Registered sampler names (the CLI and tests parametrize from this tuple).
 SAMPLERS: tuple[str, ...] = ("ancestral", *SOLVERS)
 
-#: Default atom budget of one sampling batch (:meth:`Sampler.sample_batched`).
+#: Default atom budget of one sampling batch on the CPU (:func:`auto_batch_budget`).
 DEFAULT_MAX_ATOMS_PER_BATCH = 4096
+
+#: Bytes of GPU memory budgeted per directed edge and hidden channel when sizing a batch: the float32
+#: edge MLP keeps about eight ``[E, hidden]`` tensors alive at its peak (two linear layers, their
+#: activations, the attention gate and the coordinate MLP). Deliberately generous: an over-large
+#: batch still does not fail (it is split on out-of-memory), it only costs a retry.
+_BYTES_PER_EDGE_CHANNEL = 4 * 8
+
+#: Fraction of the free GPU memory a batch may plan to use.
+_GPU_MEMORY_FRACTION = 0.6
 
 
 @dataclass
@@ -69,20 +84,30 @@ def timestep_grid(timesteps: int, steps: int) -> torch.Tensor:
 EpsFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
+def batch_seed(seed: int | None, k: int) -> int | None:
+    """Seed of sampling batch ``k`` for a run seeded with ``seed`` (``None`` stays ``None``).
+
+    >>> batch_seed(0, 2), batch_seed(1, 0), batch_seed(None, 3)
+    (2, 100003, None)
+    """
+    return None if seed is None else int(seed) * 100003 + int(k)
+
+
 def plan_batches(
     num_atoms: torch.Tensor | list[int], max_atoms_per_batch: int = DEFAULT_MAX_ATOMS_PER_BATCH,
-    max_edges_per_batch: int | None = None,
+    max_edges_per_batch: int | None = None, max_graphs_per_batch: int | None = None,
 ) -> list[slice]:
     """Split molecules, in input order, into consecutive batches within an atom (and edge) budget.
 
-    A batch holds at most ``max_atoms_per_batch`` atoms and at most ``max_edges_per_batch``
-    directed edges (``n (n - 1)`` per molecule, the fully connected graph of the denoiser). A single
-    molecule larger than a budget gets a batch of its own.
+    A batch holds at most ``max_atoms_per_batch`` atoms, at most ``max_edges_per_batch`` directed
+    edges (``n (n - 1)`` per molecule, the fully connected graph of the denoiser) and at most
+    ``max_graphs_per_batch`` molecules. A single molecule larger than a budget gets a batch of its own.
 
     Args:
         num_atoms: ``[B]`` atom counts.
         max_atoms_per_batch: atom budget per batch.
         max_edges_per_batch: edge budget per batch (``None``: no edge budget).
+        max_graphs_per_batch: molecules per batch (``None``: no limit).
 
     Returns:
         Slices into ``num_atoms``; concatenated they cover ``0..B-1`` in order.
@@ -90,20 +115,51 @@ def plan_batches(
     >>> plan_batches([10, 10, 10, 25, 3], max_atoms_per_batch=20)
     [slice(0, 2, None), slice(2, 3, None), slice(3, 4, None), slice(4, 5, None)]
     """
-    if max_atoms_per_batch < 1 or (max_edges_per_batch is not None and max_edges_per_batch < 1):
-        raise ValueError("max_atoms_per_batch and max_edges_per_batch must be >= 1")
+    for name, value in (("max_atoms_per_batch", max_atoms_per_batch), ("max_edges_per_batch", max_edges_per_batch),
+                        ("max_graphs_per_batch", max_graphs_per_batch)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
     counts = torch.as_tensor(num_atoms, dtype=torch.long).tolist()
     out, start, atoms, edges = [], 0, 0, 0
     for i, n in enumerate(counts):
         e = n * (n - 1)
         too_many_edges = max_edges_per_batch is not None and edges + e > max_edges_per_batch
-        if (atoms + n > max_atoms_per_batch or too_many_edges) and i > start:
+        too_many_graphs = max_graphs_per_batch is not None and i - start >= max_graphs_per_batch
+        if (atoms + n > max_atoms_per_batch or too_many_edges or too_many_graphs) and i > start:
             out.append(slice(start, i))
             start, atoms, edges = i, 0, 0
         atoms, edges = atoms + n, edges + e
     if counts:
         out.append(slice(start, len(counts)))
     return out
+
+
+def auto_batch_budget(process: torch.nn.Module, device: torch.device | str) -> tuple[int, int | None]:
+    """``(max_atoms_per_batch, max_edges_per_batch)`` for sampling ``process`` on ``device``.
+
+    On the CPU a batch of :data:`DEFAULT_MAX_ATOMS_PER_BATCH` atoms already saturates throughput
+    (``benchmarks/bench_sampling.py``), so there is no edge budget. On CUDA the edge budget is a
+    fraction of the free memory divided by the per-edge cost of the widest layer; the atom budget
+    follows from it (QM9 molecules have about 17 edges per atom).
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        return DEFAULT_MAX_ATOMS_PER_BATCH, None
+    free, _ = torch.cuda.mem_get_info(device)
+    hidden = max((m.out_features for m in process.modules() if isinstance(m, torch.nn.Linear)), default=256)
+    max_edges = max(1, int(_GPU_MEMORY_FRACTION * free / (hidden * _BYTES_PER_EDGE_CHANNEL)))
+    return max(DEFAULT_MAX_ATOMS_PER_BATCH, max_edges // 8), max_edges
+
+
+def concat_outputs(parts: Sequence[SampleOutput]) -> SampleOutput:
+    """One :class:`SampleOutput` (CPU tensors) holding the molecules of ``parts`` in order."""
+    offsets = torch.cumsum(torch.tensor([0] + [p.num_graphs for p in parts[:-1]]), 0).tolist()
+    return SampleOutput(
+        pos=torch.cat([p.pos.cpu() for p in parts]), types=torch.cat([p.types.cpu() for p in parts]),
+        charges=torch.cat([p.charges.cpu() for p in parts]),
+        batch=torch.cat([p.batch.cpu() + o for p, o in zip(parts, offsets, strict=True)]),
+        num_graphs=sum(p.num_graphs for p in parts),
+    )
 
 
 class Sampler:
@@ -220,42 +276,109 @@ class Sampler:
         )
         return SampleOutput(pos=pos, types=types, charges=charges, batch=batch, num_graphs=B, chain=chain)
 
-    def sample_batched(
-        self, num_atoms: torch.Tensor | list[int], max_atoms_per_batch: int = DEFAULT_MAX_ATOMS_PER_BATCH,
-        max_edges_per_batch: int | None = None, seed: int | None = 0, context: torch.Tensor | None = None,
-        **kwargs,
-    ) -> SampleOutput:
-        """Sample many molecules in memory-bounded batches (:func:`plan_batches`); input order is kept.
+    def iter_batches(
+        self, num_atoms: torch.Tensor | list[int], max_atoms_per_batch: int | None = None,
+        max_edges_per_batch: int | None = None, max_graphs_per_batch: int | None = None, seed: int | None = 0,
+        context: torch.Tensor | None = None, eps_fn_for: Callable[[slice], EpsFn | None] | None = None,
+        rank: int = 0, world_size: int = 1, progress: bool = False, **kwargs,
+    ) -> Iterator[tuple[int, slice, SampleOutput]]:
+        """Sample many molecules batch by batch, in input order, within a memory budget.
 
-        Batch ``k`` uses seed ``seed * 100003 + k`` (the convention of
-        :meth:`moldiff.pipeline.MolDiff.sample_raw`), so results are reproducible for a given seed
-        *and* budget; a different budget regroups molecules and draws different noise.
+        Batches follow :func:`plan_batches`; batch ``k`` is seeded with :func:`batch_seed` and runs on
+        the process with ``rank == k % world_size``. Every rank plans the same batches, so the
+        molecules do not depend on ``world_size``; only the atom/edge/molecule budgets regroup them.
+        A batch that runs out of memory is split in halves (seeds ``2 s + 1`` and ``2 s + 2`` for
+        a batch seeded ``s``) and later batches are pre-split to the size that fitted, with a warning.
 
         Args:
             num_atoms: ``[B]`` atom counts.
-            max_atoms_per_batch: atom budget per batch.
+            max_atoms_per_batch: atom budget (``None``: :func:`auto_batch_budget` for the device).
+            max_edges_per_batch: edge budget (``None`` with ``max_atoms_per_batch=None``: automatic).
+            max_graphs_per_batch: at most this many molecules per batch.
+            seed: base seed (``None``: non-deterministic).
+            context: ``[B, C]`` conditioning, sliced per batch.
+            eps_fn_for: ``slice -> eps_fn`` for a batch's molecules (e.g. per-batch guidance), or ``None``.
+            rank: this process's shard (``0 <= rank < world_size``).
+            world_size: number of processes sharing the batches.
+            progress: a tqdm bar over molecules (this rank's share).
+            **kwargs: passed to :meth:`sample` (``steps``, ``method``, ``eta``, ``eps_fn``, ``device`` ...);
+                ``keep_chain`` and ``z_T`` are not supported here.
+
+        Yields:
+            ``(k, slice, output)`` for this rank's batches, ``k`` increasing; ``output`` on the CPU.
+        """
+        if kwargs.get("keep_chain") or kwargs.get("z_T") is not None:
+            raise ValueError("batched sampling does not support keep_chain or z_T; call sample() instead")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+        num_atoms = torch.as_tensor(num_atoms, dtype=torch.long)
+        if max_atoms_per_batch is None:
+            device = kwargs.get("device") or next(self.process.parameters()).device
+            max_atoms_per_batch, auto_edges = auto_batch_budget(self.process, device)
+            max_edges_per_batch = max_edges_per_batch or auto_edges
+        plan = plan_batches(num_atoms, max_atoms_per_batch, max_edges_per_batch, max_graphs_per_batch)
+        mine = [(k, sl) for k, sl in enumerate(plan) if k % world_size == rank]
+        total = sum(sl.stop - sl.start for _, sl in mine)
+        fits: list[int] = []  # after an out-of-memory error: the atom count known to fit
+        with tqdm(total=total, desc="sampling", unit="mol", disable=not progress) as bar:
+            for k, sl in mine:
+                out = self._sample_fitting(num_atoms, sl, batch_seed(seed, k), context, eps_fn_for, kwargs, fits)
+                bar.update(sl.stop - sl.start)
+                yield k, sl, out
+
+    def _sample_fitting(
+        self, num_atoms: torch.Tensor, sl: slice, seed: int | None, context: torch.Tensor | None,
+        eps_fn_for: Callable[[slice], EpsFn | None] | None, kwargs: dict, fits: list[int],
+    ) -> SampleOutput:
+        """:meth:`sample` for molecules ``sl``; on out-of-memory, halves and retries (see :meth:`iter_batches`)."""
+        n_mols, n_atoms = sl.stop - sl.start, int(num_atoms[sl].sum())
+        if not fits or n_atoms <= fits[0] or n_mols == 1:
+            try:
+                eps_fn = eps_fn_for(sl) if eps_fn_for is not None else kwargs.get("eps_fn")
+                out = self.sample(num_atoms[sl], seed=seed, context=None if context is None else context[sl],
+                                  **{**kwargs, "eps_fn": eps_fn})
+                return _to_cpu(out)
+            except torch.OutOfMemoryError:
+                if n_mols == 1:
+                    raise
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                fits[:] = [min([n_atoms // 2, *fits])]
+                warnings.warn(f"out of memory sampling a batch of {n_atoms} atoms; splitting it and later batches "
+                              f"to <= {fits[0]} atoms (these batches draw different noise)", stacklevel=3)
+        mid = sl.start + n_mols // 2
+        halves = [slice(sl.start, mid), slice(mid, sl.stop)]
+        seeds = [None, None] if seed is None else [2 * seed + 1, 2 * seed + 2]
+        return concat_outputs([self._sample_fitting(num_atoms, h, s, context, eps_fn_for, kwargs, fits)
+                               for h, s in zip(halves, seeds, strict=True)])
+
+    def sample_batched(
+        self, num_atoms: torch.Tensor | list[int], max_atoms_per_batch: int | None = None,
+        max_edges_per_batch: int | None = None, seed: int | None = 0, context: torch.Tensor | None = None,
+        **kwargs,
+    ) -> SampleOutput:
+        """All molecules of :meth:`iter_batches` (single process) as one :class:`SampleOutput` in input order.
+
+        Batch ``k`` uses seed :func:`batch_seed` ``(seed, k)``, so results are reproducible for a
+        given seed *and* budget; a different budget regroups molecules and draws different noise.
+
+        Args:
+            num_atoms: ``[B]`` atom counts.
+            max_atoms_per_batch: atom budget per batch (``None``: automatic for the device).
             max_edges_per_batch: optional edge budget per batch.
             seed: base seed (``None``: non-deterministic).
             context: ``[B, C]`` conditioning, sliced per batch.
-            **kwargs: passed to :meth:`sample` (``steps``, ``method``, ``eta``, ``eps_fn``, ``device`` ...);
-                ``keep_chain`` and ``z_T`` are not supported here.
+            **kwargs: passed to :meth:`iter_batches` / :meth:`sample`.
 
         Returns:
             One :class:`SampleOutput` holding all molecules in input order (CPU tensors).
         """
-        if kwargs.get("keep_chain") or kwargs.get("z_T") is not None:
-            raise ValueError("sample_batched does not support keep_chain or z_T; call sample() instead")
-        num_atoms = torch.as_tensor(num_atoms, dtype=torch.long)
-        parts = []
-        for k, sl in enumerate(plan_batches(num_atoms, max_atoms_per_batch, max_edges_per_batch)):
-            parts.append(self.sample(
-                num_atoms[sl], seed=None if seed is None else int(seed) * 100003 + k,
-                context=None if context is None else context[sl], **kwargs,
-            ))
-        offsets = torch.cumsum(torch.tensor([0] + [p.num_graphs for p in parts[:-1]]), 0).tolist()
-        return SampleOutput(
-            pos=torch.cat([p.pos.cpu() for p in parts]), types=torch.cat([p.types.cpu() for p in parts]),
-            charges=torch.cat([p.charges.cpu() for p in parts]),
-            batch=torch.cat([p.batch.cpu() + o for p, o in zip(parts, offsets, strict=True)]),
-            num_graphs=int(num_atoms.numel()),
-        )
+        parts = [out for _, _, out in self.iter_batches(
+            num_atoms, max_atoms_per_batch, max_edges_per_batch, seed=seed, context=context, **kwargs)]
+        return concat_outputs(parts)
+
+
+def _to_cpu(out: SampleOutput) -> SampleOutput:
+    """``out`` with its tensors moved to the CPU (the chain is dropped)."""
+    return SampleOutput(pos=out.pos.cpu(), types=out.types.cpu(), charges=out.charges.cpu(), batch=out.batch.cpu(),
+                        num_graphs=out.num_graphs)
