@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_sampling.py [--device cpu|cuda] [--threads 1]
         [--configs edm small] [--batch-sizes 16 64 256] [--steps 25 50 100 1000] [--repeat 3]
+        [--precision fp32 [bf16]]
 
 Random weights (speed does not depend on them) for the EDM configuration (9 x 256,
 ``configs/qm9_uncond.yaml``) and the shipped one (``configs/qm9_cpu_small.yaml``); atom counts
@@ -11,8 +12,10 @@ median of ``--repeat`` runs (the machine may be shared). Runs predicted to take 
 (time is linear in the number of network calls, ``steps + 1``) and flagged ``"extrapolated"``.
 Method and optimisation rows (``--opt-batch-size`` 64, ``--opt-steps`` 10; variants timed in
 alternating rounds so that load drift hits all alike): every sampler;
-``node_projection`` off/on; ``torch.compile`` (first-call time reported apart); bf16 autocast
-(CUDA only). Writes ``benchmarks/results/bench_sampling_<device>.json``.
+``node_projection`` off/on; ``torch.compile`` (first-call time reported apart). ``--precision``
+(``model.precision``: ``fp32``, ``bf16`` or both, interleaved) sets the denoiser's precision for
+every row, and each row records it; bf16 autocast works on CPU and CUDA. Writes
+``benchmarks/results/bench_sampling_<device>.json``.
 
 The helpers here are shared with ``bench_training.py`` and ``steps_vs_quality.py``.
 """
@@ -20,7 +23,6 @@ The helpers here are shared with ``bench_training.py`` and ``steps_vs_quality.py
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import json
 import os
@@ -69,19 +71,21 @@ def load_config(name: str) -> ExperimentConfig:
     return ExperimentConfig.load_yaml(CONFIGS.get(name) or (named if named.is_file() else name))
 
 
-def set_node_projection(module: torch.nn.Module, flag: bool) -> None:
-    """Switch the per-node split of the first edge-MLP layer on every EGNN layer."""
-    for m in module.modules():
-        if hasattr(m, "node_projection"):
-            m.node_projection = flag
+def random_process(config: ExperimentConfig, device: str, node_projection: bool = True, seed: int = 0,
+                   precision: str = "fp32"):
+    """A randomly initialised process for ``config`` (5 QM9 atom types), in eval mode on ``device``.
 
-
-def random_process(config: ExperimentConfig, device: str, node_projection: bool = True, seed: int = 0):
-    """A randomly initialised process for ``config`` (5 QM9 atom types), in eval mode on ``device``."""
+    ``node_projection`` and ``precision`` override ``config.model``; they do not change the weights
+    (the same ``seed`` gives the same parameters in every mode).
+    """
+    config = config.override(model={"node_projection": node_projection, "precision": precision})
     torch.manual_seed(seed)
-    proc = build_process(config, num_classes=5).to(device).eval()
-    set_node_projection(proc, node_projection)
-    return proc
+    return build_process(config, num_classes=5).to(device).eval()
+
+
+def variant_label(label: str, precision: str) -> str:
+    """Row label of a before/after variant: fp32 rows keep their historical names."""
+    return label if precision == "fp32" else f"{label}, {precision}"
 
 
 def sync(device: str) -> None:
@@ -142,27 +146,20 @@ def write_json(path: Path, obj: Any) -> None:
     print(f"wrote {path}")
 
 
-def autocast(device: str, dtype: str):
-    """bf16 autocast context on CUDA, a null context otherwise."""
-    if dtype == "bf16":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 # ---------------------------------------------------------------------- measurements
-def sample_run(proc, counts: torch.Tensor, steps: int, method: str, device: str, dtype: str = "fp32"):
+def sample_run(proc, counts: torch.Tensor, steps: int, method: str, device: str):
     """One sampling call (closure for :func:`timed`)."""
     sampler = Sampler(proc)
 
     def run() -> None:
-        with autocast(device, dtype):
-            sampler.sample(counts, steps=steps, seed=0, method=method, device=device)
+        sampler.sample(counts, steps=steps, seed=0, method=method, device=device)
     return run
 
 
 def step_rows(args, name: str, proc) -> list[dict[str, Any]]:
     """molecules/s per batch size and step count (ancestral), measured or extrapolated."""
     rows = []
+    precision = proc.denoiser.precision
     for bs in args.batch_sizes:
         counts = atom_counts(bs, seed=bs)
         base_steps = min(args.steps)
@@ -179,10 +176,10 @@ def step_rows(args, name: str, proc) -> list[dict[str, Any]]:
                 kind, per_call, per_call_from = "measured", t / (steps + 1), steps
             else:
                 t, times, kind = per_call * (steps + 1), [], f"extrapolated from {per_call_from} steps"
-            rows.append({"config": name, "batch_size": bs, "atoms": int(counts.sum()), "steps": steps,
-                         "method": "ancestral", "seconds": t, "mol_per_s": bs / t, "kind": kind,
+            rows.append({"config": name, "precision": precision, "batch_size": bs, "atoms": int(counts.sum()),
+                         "steps": steps, "method": "ancestral", "seconds": t, "mol_per_s": bs / t, "kind": kind,
                          "times": times})
-            print(f"{name:6s} batch {bs:4d} steps {steps:5d}: {bs / t:9.2f} mol/s  ({t:.2f} s, {kind})")
+            print(f"{name:6s} {precision} batch {bs:4d} steps {steps:5d}: {bs / t:9.2f} mol/s  ({t:.2f} s, {kind})")
     return rows
 
 
@@ -193,49 +190,51 @@ def method_rows(args, name: str, proc, bs: int = 64, steps: int = 10) -> list[di
     counts = atom_counts(bs, seed=bs)
     fns = {m: sample_run(proc, counts, steps, m, args.device) for m in SAMPLERS}
     rows = []
+    precision = proc.denoiser.precision
     for method, (t, times) in interleaved(fns, args.repeat, args.device).items():
-        rows.append({"config": name, "batch_size": bs, "steps": steps, "method": method, "seconds": t,
-                     "mol_per_s": bs / t, "times": times})
-        print(f"{name:6s} {method:9s} batch {bs} steps {steps}: {bs / t:8.2f} mol/s")
+        rows.append({"config": name, "precision": precision, "batch_size": bs, "steps": steps, "method": method,
+                     "seconds": t, "mol_per_s": bs / t, "times": times})
+        print(f"{name:6s} {precision} {method:9s} batch {bs} steps {steps}: {bs / t:8.2f} mol/s")
     return rows
 
 
 def optimisation_rows(args, name: str, config: ExperimentConfig, bs: int = 64, steps: int = 10) -> list[dict]:
-    """Before/after rows, timed in alternating rounds: node_projection, torch.compile, bf16 autocast."""
+    """Before/after rows, timed in alternating rounds: node_projection, torch.compile, per precision."""
     counts = atom_counts(bs, seed=bs)
-    variants: dict[str, tuple[Any, str]] = {
-        "node_projection=False": (random_process(config, args.device, False), "fp32"),
-        "node_projection=True": (random_process(config, args.device, True), "fp32"),
-    }
+    variants: dict[str, tuple[Any, str]] = {}  # label -> (process, precision)
     rows: list[dict[str, Any]] = []
-    if args.device.startswith("cuda"):
-        variants["bf16 autocast"] = (random_process(config, args.device, True), "bf16")
-    else:
-        rows.append({"config": name, "what": "bf16 autocast", "status": "pending (CUDA only)"})
-    if args.compile:
-        proc = random_process(config, args.device, True)
-        err = compile_denoiser(proc)
-        if err is None:
-            variants["torch.compile(dynamic=True)"] = (proc, "fp32")
+    compile_labels, err = [], None
+    for precision in args.precision:
+        for flag in (False, True):
+            variants[variant_label(f"node_projection={flag}", precision)] = (
+                random_process(config, args.device, flag, precision=precision), precision)
+        if args.compile:
+            label = variant_label("torch.compile(dynamic=True)", precision)
+            compile_labels.append(label)
+            proc = random_process(config, args.device, True, precision=precision)
+            err = compile_denoiser(proc)
+            if err is None:
+                variants[label] = (proc, precision)
     first: dict[str, float] = {}
     for label in list(variants):
-        proc, dtype = variants[label]
+        proc = variants[label][0]
         t0 = time.perf_counter()
         try:
-            sample_run(proc, counts, 2, "ancestral", args.device, dtype)()  # warm-up (compiles)
-            sample_run(proc, counts, 2, "ancestral", args.device, dtype)()
+            sample_run(proc, counts, 2, "ancestral", args.device)()  # warm-up (compiles)
+            sample_run(proc, counts, 2, "ancestral", args.device)()
         except Exception as exc:  # noqa: BLE001 - e.g. a compiler failing at the first call
             err = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
             del variants[label]
         first[label] = time.perf_counter() - t0
-    if args.compile and "torch.compile(dynamic=True)" not in variants:
-        rows.append({"config": name, "what": "torch.compile(dynamic=True)", "status": f"failed: {err}"})
-        print(f"{name:6s} torch.compile failed: {err}")
-    fns = {k: sample_run(p, counts, steps, "ancestral", args.device, d) for k, (p, d) in variants.items()}
+    for label in compile_labels:
+        if label not in variants:
+            rows.append({"config": name, "what": label, "status": f"failed: {err}"})
+            print(f"{name:6s} {label} failed: {err}")
+    fns = {k: sample_run(p, counts, steps, "ancestral", args.device) for k, (p, _) in variants.items()}
     for label, (t, times) in interleaved(fns, args.repeat, args.device).items():
-        rows.append({"config": name, "what": label, "batch_size": bs, "steps": steps, "seconds": t,
-                     "mol_per_s": bs / t, "times": times, "warmup_s": first[label]})
-        print(f"{name:6s} {label:28s}: {bs / t:8.2f} mol/s  {[round(x, 1) for x in times]}")
+        rows.append({"config": name, "what": label, "precision": variants[label][1], "batch_size": bs,
+                     "steps": steps, "seconds": t, "mol_per_s": bs / t, "times": times, "warmup_s": first[label]})
+        print(f"{name:6s} {label:34s}: {bs / t:8.2f} mol/s  {[round(x, 1) for x in times]}")
     return rows
 
 
@@ -253,20 +252,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--opt-steps", type=int, default=10, help="steps of the method/optimisation rows")
     ap.add_argument("--skip-methods", action="store_true")
     ap.add_argument("--skip-optimisations", action="store_true")
+    ap.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16"],
+                    help="model.precision of every row (several: each, before/after rows interleaved)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device available")
     torch.set_num_threads(args.threads)
     result: dict[str, Any] = {"machine": machine(args.device, args.threads), "histogram": qm9_histogram()[1],
+                              "precision": args.precision,
                               "steps": [], "methods": [], "optimisations": []}
     for name in args.configs:
         config = load_config(name)
         print(f"== {name}: {config.model.n_layers} x {config.model.hidden_nf}")
-        proc = random_process(config, args.device)
-        result["steps"] += step_rows(args, name, proc)
-        if not args.skip_methods:
-            result["methods"] += method_rows(args, name, proc, args.opt_batch_size, args.opt_steps)
+        for precision in args.precision:
+            proc = random_process(config, args.device, precision=precision)
+            result["steps"] += step_rows(args, name, proc)
+            if not args.skip_methods:
+                result["methods"] += method_rows(args, name, proc, args.opt_batch_size, args.opt_steps)
         if not args.skip_optimisations:
             result["optimisations"] += optimisation_rows(args, name, config, args.opt_batch_size,
                                                          args.opt_steps)

@@ -1,7 +1,7 @@
 """Training speed (molecules/s): forward + backward + EDM clipping + AdamW step, batch 64 of QM9 size.
 
     .venv/bin/python benchmarks/bench_training.py [--device cpu|cuda] [--threads 1] [--configs small edm]
-        [--batch-size 64] [--steps 5] [--repeat 3]
+        [--batch-size 64] [--steps 5] [--repeat 3] [--precision fp32 [bf16]]
 
 Random weights and random QM9-size molecules (atom counts from QM9's train histogram, atom types
 from its element frequencies, positions ~ N(0, 1.5 Å) per axis): speed does not depend on the
@@ -9,7 +9,8 @@ values. The step is the trainer's (``process.loss`` in train mode, L2 objective,
 gradient clipping, AdamW with amsgrad). Each figure is the median over ``--repeat`` windows of
 ``--steps`` optimiser steps, after 2 warm-up steps; the variants alternate window by window, so
 load drift on a shared machine hits them alike. Before/after rows: ``node_projection`` off/on,
-``torch.compile`` of the denoiser, bf16 autocast (CUDA only). Writes
+``torch.compile`` of the denoiser, each at every ``--precision`` (``model.precision``: ``fp32``,
+``bf16`` or both; bf16 autocast works on CPU and CUDA; each row records its precision). Writes
 ``benchmarks/results/bench_training_<device>.json``.
 """
 
@@ -24,13 +25,13 @@ import torch
 from bench_sampling import (  # same directory
     RESULTS,
     atom_counts,
-    autocast,
     compile_denoiser,
     interleaved,
     load_config,
     machine,
     qm9_histogram,
     random_process,
+    variant_label,
     write_json,
 )
 
@@ -55,8 +56,8 @@ def random_batch(batch_size: int, seed: int, device: str) -> MolBatch:
     return mb.to(device)
 
 
-def train_steps(proc, mb: MolBatch, steps: int, device: str, dtype: str = "fp32"):
-    """Closure running ``steps`` trainer-style optimiser steps on ``mb``."""
+def train_steps(proc, mb: MolBatch, steps: int):
+    """Closure running ``steps`` trainer-style optimiser steps on ``mb`` (precision: the process's own)."""
     opt = torch.optim.AdamW(proc.parameters(), lr=1e-4, amsgrad=True, weight_decay=1e-12)
     clipper = GradClipper()
     gen = torch.Generator().manual_seed(0)
@@ -64,8 +65,7 @@ def train_steps(proc, mb: MolBatch, steps: int, device: str, dtype: str = "fp32"
 
     def run() -> None:
         for _ in range(steps):
-            with autocast(device, dtype):
-                loss = proc.loss(mb, generator=gen).loss.mean()
+            loss = proc.loss(mb, generator=gen).loss.mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             clipper([p for p in proc.parameters() if p.grad is not None])
@@ -78,40 +78,41 @@ def config_rows(args, name: str) -> list[dict[str, Any]]:
     config = load_config(name)
     print(f"== {name}: {config.model.n_layers} x {config.model.hidden_nf}")
     mb = random_batch(args.batch_size, seed=1, device=args.device)
-    variants: dict[str, tuple[Any, str]] = {
-        "node_projection=False": (random_process(config, args.device, False), "fp32"),
-        "node_projection=True": (random_process(config, args.device, True), "fp32"),
-    }
+    variants: dict[str, tuple[Any, str]] = {}  # label -> (process, precision)
     rows: list[dict[str, Any]] = []
-    if args.device == "cuda":
-        variants["bf16 autocast"] = (random_process(config, args.device), "bf16")
-    else:
-        rows.append({"config": name, "what": "bf16 autocast", "status": "pending (CUDA only)"})
-    err = None
-    if args.compile:
-        proc = random_process(config, args.device)
-        err = compile_denoiser(proc)
-        if err is None:
-            variants["torch.compile(dynamic=True)"] = (proc, "fp32")
+    compile_labels, err = [], None
+    for precision in args.precision:
+        for flag in (False, True):
+            variants[variant_label(f"node_projection={flag}", precision)] = (
+                random_process(config, args.device, flag, precision=precision), precision)
+        if args.compile:
+            label = variant_label("torch.compile(dynamic=True)", precision)
+            compile_labels.append(label)
+            proc = random_process(config, args.device, precision=precision)
+            err = compile_denoiser(proc)
+            if err is None:
+                variants[label] = (proc, precision)
     fns, warm = {}, {}
-    for label, (proc, dtype) in list(variants.items()):
+    for label, (proc, _) in list(variants.items()):
         t0 = time.perf_counter()
         try:
-            train_steps(proc, mb, 2, args.device, dtype)()  # warm-up (and compilation)
+            train_steps(proc, mb, 2)()  # warm-up (and compilation)
         except Exception as exc:  # noqa: BLE001 - e.g. a compiler failing at the first call
             err = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
             continue
         warm[label] = time.perf_counter() - t0
-        fns[label] = train_steps(proc, mb, args.steps, args.device, dtype)
-    if args.compile and "torch.compile(dynamic=True)" not in fns:
-        rows.append({"config": name, "what": "torch.compile(dynamic=True)", "status": f"failed: {err}"})
-        print(f"{name:6s} torch.compile failed: {err}")
+        fns[label] = train_steps(proc, mb, args.steps)
+    for label in compile_labels:
+        if label not in fns:
+            rows.append({"config": name, "what": label, "status": f"failed: {err}"})
+            print(f"{name:6s} {label} failed: {err}")
     for label, (t, times) in interleaved(fns, args.repeat, args.device).items():
         per_step = t / args.steps
-        rows.append({"config": name, "what": label, "batch_size": args.batch_size, "atoms": int(mb.pos.shape[0]),
-                     "seconds_per_step": per_step, "mol_per_s": args.batch_size / per_step,
-                     "warmup_2_steps_s": warm[label], "window_times": times})
-        print(f"{name:6s} {label:28s}: {args.batch_size / per_step:8.2f} mol/s  ({per_step:.3f} s/step)")
+        rows.append({"config": name, "what": label, "precision": variants[label][1], "batch_size": args.batch_size,
+                     "atoms": int(mb.pos.shape[0]), "seconds_per_step": per_step,
+                     "mol_per_s": args.batch_size / per_step, "warmup_2_steps_s": warm[label],
+                     "window_times": times})
+        print(f"{name:6s} {label:34s}: {args.batch_size / per_step:8.2f} mol/s  ({per_step:.3f} s/step)")
     return rows
 
 
@@ -124,13 +125,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--steps", type=int, default=5, help="optimiser steps per timed window")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--no-compile", dest="compile", action="store_false")
+    ap.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16"],
+                    help="model.precision of every row (several: each, before/after rows interleaved)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device available")
     torch.set_num_threads(args.threads)
     rows = [row for name in args.configs for row in config_rows(args, name)]
-    result = {"machine": machine(args.device, args.threads), "histogram": qm9_histogram()[1], "rows": rows}
+    result = {"machine": machine(args.device, args.threads), "histogram": qm9_histogram()[1],
+              "precision": args.precision, "rows": rows}
     write_json(Path(args.out) if args.out else RESULTS / f"bench_training_{args.device}.json", result)
     return result
 

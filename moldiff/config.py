@@ -68,9 +68,23 @@ class DataConfig:
         object.__setattr__(self, "conditioning", tuple(self.conditioning))
 
 
+#: ``model.precision`` values (the same names as ``moldiff.nn.denoiser.PRECISIONS``; a test checks).
+PRECISIONS = ("fp32", "bf16")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    """EGNN dynamics hyper-parameters (defaults: EDM's released QM9 model)."""
+    """EGNN dynamics hyper-parameters (defaults: EDM's released QM9 model).
+
+    ``node_projection`` and ``precision`` change speed, not parameters: a checkpoint loads in any
+    mode, and configs written before these fields existed get the defaults.
+
+    Attributes:
+        node_projection: compute the first edge-MLP layer per node and gather (same maths, fewer
+            FLOPs; ``False`` is the per-edge form of EDM, kept for before/after benchmarks).
+        precision: ``"fp32"`` or ``"bf16"`` (autocast of the invariant MLPs; positions, distances,
+            the coordinate update and the centre-of-mass removal stay float32).
+    """
 
     hidden_nf: int = 256
     n_layers: int = 9
@@ -79,12 +93,17 @@ class ModelConfig:
     coords_range: float = 15.0
     norm_constant: float = 1.0
     normalization_factor: float = 1.0
+    node_projection: bool = True
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         _check_positive("model.hidden_nf", self.hidden_nf)
         _check_positive("model.n_layers", self.n_layers)
         _check_positive("model.coords_range", self.coords_range)
         _check_positive("model.normalization_factor", self.normalization_factor)
+        if not isinstance(self.node_projection, bool):
+            raise ValueError(f"model.node_projection must be true or false, got {self.node_projection!r}")
+        _check_choice("model.precision", self.precision, PRECISIONS)
 
 
 @dataclass(frozen=True)

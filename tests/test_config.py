@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import yaml
 
 from moldiff.config import DataConfig, DiffusionConfig, ExperimentConfig, ModelConfig, TrainConfig
 from moldiff.diffusion.schedules import SCHEDULES, NoiseSchedule
+from moldiff.training.factory import build_process
+
+BENCHMARK_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "benchmarks" / "configs").glob("*.yaml"))
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "diffusion": DiffusionConfig, "train": TrainConfig}
 
@@ -152,6 +156,9 @@ INVALID = [
     ("model", "n_layers", -1),
     ("model", "coords_range", 0.0),
     ("model", "normalization_factor", -1.0),
+    ("model", "precision", "fp16x"),
+    ("model", "precision", "bfloat16"),
+    ("model", "node_projection", "yes"),
     ("diffusion", "timesteps", 0),
     ("diffusion", "loss_type", "l1"),
     ("diffusion", "noise_schedule", "linear"),
@@ -198,3 +205,25 @@ def test_wrong_type_rejected_with_value_error(value):
     with pytest.raises(ValueError, match="hidden_nf"):
         ModelConfig(hidden_nf=value)
         raise AssertionError(f"ModelConfig accepted hidden_nf={value!r}")
+
+
+# ---------------------------------------------------------------------------- shipped configs, old configs
+@pytest.mark.parametrize("path", BENCHMARK_CONFIGS, ids=[p.stem for p in BENCHMARK_CONFIGS])
+def test_every_benchmark_config_loads_and_builds(path):
+    cfg = ExperimentConfig.load_yaml(path)
+    proc = build_process(cfg, num_classes=5, context_nf=len(cfg.data.conditioning))
+    assert proc.denoiser.precision == cfg.model.precision
+
+
+def test_config_without_newer_model_fields_gets_defaults():
+    """Checkpoints store the config they were trained with; older ones lack later fields."""
+    old = ExperimentConfig().to_dict()
+    for key in ("node_projection", "precision"):
+        del old["model"][key]
+    model = ExperimentConfig.from_dict(old).model
+    assert (model.node_projection, model.precision) == (True, "fp32")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_valid_precisions(precision):
+    assert ModelConfig(precision=precision).precision == precision

@@ -12,7 +12,9 @@ Steps: load the checkpoint (resume exactly when it holds optimizer state, else s
 raw and EMA weights with a fresh AdamW); evaluate the EMA model (``--eval-samples`` molecules,
 ``--eval-steps`` steps of ``--eval-method``); train with moldiff's :class:`~moldiff.training.Trainer`
 (EDM clipping, EMA, the checkpoint's config; only ``max_minutes``, ``device``, ``batch_size``/``lr``
-when given, and the logging cadence are overridden) until ``--max-minutes``; evaluate again;
+when given, and the logging cadence are overridden; ``--bf16`` sets ``model.precision: bf16``, so the
+run trains with bf16 autocast and its checkpoint config records it) until ``--max-minutes``; evaluate
+again (evaluation samples at ``--eval-precision``, fp32 by default, so before/after compare alike);
 write ``OUT/checkpoint.pt`` (config, stats, weights, EMA; no optimizer state, so it stays small),
 ``OUT/metrics.json`` and ``OUT/log.csv``.
 """
@@ -25,7 +27,6 @@ import shutil
 import sys
 import tempfile
 import time
-import types
 from pathlib import Path
 from typing import Any
 
@@ -45,25 +46,14 @@ from moldiff.training.trainer import Trainer  # noqa: E402
 SUMMARY = ("atom_stability", "mol_stability", "validity", "uniqueness")
 
 
-def bf16_forward(denoiser: torch.nn.Module) -> None:
-    """Run ``denoiser``'s forward under CUDA bf16 autocast, returning float32 (state dict unchanged)."""
-    plain = type(denoiser).forward
-
-    def forward(self, *args: Any, **kwargs: Any):
-        with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
-            out = plain(self, *args, **kwargs)
-        return tuple(o.float() for o in out)
-
-    denoiser.forward = types.MethodType(forward, denoiser)
-
-
 @torch.no_grad()
 def evaluate(process, elements: list[str], hist: dict, num: int, steps: int, method: str, seed: int,
-             device: str) -> dict[str, Any]:
-    """Sample ``num`` molecules with ``process`` and return the EDM summary plus timing."""
+             device: str, precision: str = "fp32") -> dict[str, Any]:
+    """Sample ``num`` molecules with ``process`` at ``precision`` and return the EDM summary plus timing."""
     if num <= 0:
         return {}
     process.eval()
+    process.denoiser.precision = precision  # a runtime switch; weights and training are unaffected
     counts = NodeCountDistribution(hist).sample(num, torch.Generator().manual_seed(seed))
     t0 = time.perf_counter()
     out = Sampler(process).sample_batched(counts, seed=seed, steps=steps, method=method, device=device)
@@ -75,7 +65,7 @@ def evaluate(process, elements: list[str], hist: dict, num: int, steps: int, met
         return {"error": f"evaluation skipped: {exc}", "num": num, "sample_seconds": seconds}
     _, summary = evaluate_molecules(mols)
     res = {k: summary.get(k) for k in SUMMARY}
-    res.update(num=num, steps=steps, method=method, sample_seconds=seconds)
+    res.update(num=num, steps=steps, method=method, precision=precision, sample_seconds=seconds)
     return res
 
 
@@ -93,15 +83,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--eval-steps", type=int, default=100)
     ap.add_argument("--eval-method", default="ancestral", choices=SAMPLERS)
     ap.add_argument("--skip-eval-before", action="store_true")
-    ap.add_argument("--bf16", action="store_true", help="bf16 autocast for the denoiser (CUDA)")
+    ap.add_argument("--bf16", action="store_true",
+                    help="train with model.precision=bf16 (autocast of the invariant MLPs; positions fp32)")
+    ap.add_argument("--eval-precision", default="fp32", choices=["fp32", "bf16"],
+                    help="model.precision of the evaluation sampling")
     ap.add_argument("--compile", action="store_true", help="torch.compile the denoiser (in place)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device available")
-    if args.bf16 and args.device != "cuda":
-        raise SystemExit("--bf16 needs --device cuda")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device == "cuda":
@@ -120,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         train_over["batch_size"] = args.batch_size
     if args.lr:
         train_over["lr"] = args.lr
-    config = config.override(train=train_over)
+    config = config.override(train=train_over, model={"precision": "bf16"} if args.bf16 else {})
     arrays = load_packed(args.data, args.max_molecules)
     elements = list(stats["elements"])
     if list(arrays.elements) != elements:
@@ -143,13 +134,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         trainer.init_from(work / "last.pt")
         mode = "initialised from weights (checkpoint has no optimizer state)"
     step0 = trainer.state.step
-    if args.bf16:
-        bf16_forward(trainer.process.denoiser)
     if args.compile:
         trainer.process.denoiser.compile(dynamic=True)
     print(f"{mode}; step {step0}; {arrays.num_molecules} molecules; load {t_load:.1f} s", flush=True)
 
-    eval_args = (elements, hist, args.eval_samples, args.eval_steps, args.eval_method, args.seed, args.device)
+    eval_args = (elements, hist, args.eval_samples, args.eval_steps, args.eval_method, args.seed, args.device,
+                 args.eval_precision)
     before = {} if args.skip_eval_before else evaluate(trainer.ema, *eval_args)
     print(f"before: {before}", flush=True)
     t0 = time.perf_counter()
@@ -171,7 +161,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     metrics = {
         "mode": mode, "device": args.device,
         "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
-        "bf16": args.bf16, "compile": args.compile, "molecules": arrays.num_molecules, "batch_size": bs,
+        "bf16": args.bf16, "precision": config.model.precision, "eval_precision": args.eval_precision,
+        "compile": args.compile, "molecules": arrays.num_molecules, "batch_size": bs,
         "start_step": step0, "end_step": state.step, "steps": trained, "train_seconds": train_s,
         "train_mol_per_s": trained * bs / max(train_s, 1e-9),
         "epochs_done": trained * bs / arrays.num_molecules,

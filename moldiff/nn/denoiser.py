@@ -6,7 +6,10 @@ import torch
 from torch import nn
 
 from moldiff.geometry import remove_mean
-from moldiff.nn.egnn import EGNN
+from moldiff.nn.egnn import EGNN, no_autocast
+
+#: Precision modes of :class:`EGNNDenoiser` -> autocast dtype (``None``: no autocast).
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
 
 
 def fully_connected_edges(batch: torch.Tensor) -> torch.Tensor:
@@ -42,11 +45,21 @@ class EGNNDenoiser(nn.Module):
     broadcast to atoms, as in EDM); the time and context channels are sliced off the output.
     ``eps_pos = pos_out - pos_in`` re-centred per molecule, so it lies in the zero-CoM subspace.
 
+    Mixed precision (``precision="bf16"``): the EGNN runs under ``torch.autocast(device_type=<pos's
+    device>, dtype=torch.bfloat16)``, so the invariant MLPs (embeddings, edge, attention, node and
+    coordinate-weight MLPs) compute in bfloat16, while everything touching positions stays in the
+    input dtype: pairwise differences, squared distances (computed before they enter an MLP), the
+    coordinate update and the centre-of-mass removal (:func:`moldiff.nn.egnn.no_autocast`).
+    ``eps_pos`` and ``eps_h`` come back in the dtype of ``pos`` and ``h`` (float32). Parameters and
+    the ``state_dict`` are the same in every mode; ``precision`` may be changed on a built model.
+    Works on CPU and CUDA; float64 inputs are left in float64 by autocast.
+
     Args:
         in_node_nf: width of ``h`` (one-hot types + optional charge channel).
         context_nf: width of the context (0: unconditional).
         hidden_nf, n_layers, attention, tanh, coords_range, norm_constant, normalization_factor,
             node_projection: see :class:`moldiff.nn.egnn.EGNN`.
+        precision: ``"fp32"`` (no autocast; default) or ``"bf16"`` (see above).
 
     Shapes:
         pos ``[N, 3]``, h ``[N, in_node_nf]``, t ``[B]`` or ``[B, 1]``, batch ``[N]``,
@@ -56,15 +69,31 @@ class EGNNDenoiser(nn.Module):
     def __init__(
         self, in_node_nf: int, context_nf: int = 0, hidden_nf: int = 256, n_layers: int = 9,
         attention: bool = True, tanh: bool = True, coords_range: float = 15.0, norm_constant: float = 1.0,
-        normalization_factor: float = 1.0, node_projection: bool = True,
+        normalization_factor: float = 1.0, node_projection: bool = True, precision: str = "fp32",
     ) -> None:
         super().__init__()
         self.in_node_nf = in_node_nf
         self.context_nf = context_nf
+        self.precision = precision
         self.egnn = EGNN(
             in_node_nf + 1 + context_nf, hidden_nf, n_layers, attention, tanh, coords_range, norm_constant,
             normalization_factor, node_projection,
         )
+
+    @property
+    def precision(self) -> str:
+        """``"fp32"`` or ``"bf16"``: the autocast mode of the EGNN (see the class docstring)."""
+        return self._precision
+
+    @precision.setter
+    def precision(self, value: str) -> None:
+        if value not in PRECISIONS:
+            raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {value!r}")
+        self._precision = value
+
+    def extra_repr(self) -> str:
+        """Show the precision mode in ``repr``."""
+        return f"precision={self.precision!r}"
 
     def forward(
         self, pos: torch.Tensor, h: torch.Tensor, t: torch.Tensor, batch: torch.Tensor,
@@ -78,9 +107,15 @@ class EGNNDenoiser(nn.Module):
                 raise ValueError(f"this denoiser needs a context of shape [{num_graphs}, {self.context_nf}]")
             feats.append(context.to(h.dtype)[batch])
         edge_index = fully_connected_edges(batch)
-        h_out, pos_out = self.egnn(torch.cat(feats, dim=1), pos, edge_index)
-        eps_h = h_out[:, : self.in_node_nf]
-        eps_pos = remove_mean(pos_out - pos, batch, num_graphs)
+        amp_dtype = PRECISIONS[self.precision]
+        if amp_dtype is None:
+            h_out, pos_out = self.egnn(torch.cat(feats, dim=1), pos, edge_index)
+        else:
+            with torch.autocast(device_type=pos.device.type, dtype=amp_dtype):
+                h_out, pos_out = self.egnn(torch.cat(feats, dim=1), pos, edge_index)
+        eps_h = h_out[:, : self.in_node_nf].to(h.dtype)
+        with no_autocast(pos):
+            eps_pos = remove_mean(pos_out.to(pos.dtype) - pos, batch, num_graphs)
         if not (torch.isfinite(eps_pos).all() and torch.isfinite(eps_h).all()):
             # EDM resets a NaN output to zero with a warning; we do the same so that one diverged
             # molecule cannot poison a whole sampling batch.

@@ -8,13 +8,35 @@ EDM computes the first layer of every edge MLP on the concatenation ``[h_i, h_j,
 linear map splits as ``W_i h_i + W_j h_j + W_e e_ij``; with ``node_projection=True`` (default) we
 apply ``W_i``/``W_j`` once per *node* and gather, instead of once per *edge*. The parameters and the
 result are identical (one ``nn.Linear`` either way), only the FLOPs differ (E x 2F x F -> N x 2F x F).
+
+Mixed precision: every operation on positions (pairwise differences, squared distances, the
+coordinate update ``pos + sum_j unit_ij * phi_ij``) runs under :func:`no_autocast`, so under an
+enclosing ``torch.autocast`` (e.g. ``EGNNDenoiser(precision="bf16")``) only the invariant MLPs run
+in low precision while positions stay in their own dtype (float32). Without autocast nothing changes.
 """
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 from torch_geometric.utils import scatter
+
+
+def no_autocast(t: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Disable autocast on ``t``'s device for the enclosed (position) arithmetic.
+
+    A null context when autocast is off, so full-precision runs pay nothing and stay bit-identical.
+
+    >>> pos = torch.zeros(2, 3)
+    >>> with torch.autocast("cpu", dtype=torch.bfloat16), no_autocast(pos):
+    ...     (pos @ pos.t()).dtype
+    torch.float32
+    """
+    if torch.is_autocast_enabled(t.device.type):
+        return torch.autocast(device_type=t.device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def _edge_input_linear(
@@ -28,7 +50,8 @@ def _edge_input_linear(
     w = lin.weight
     proj = h @ torch.cat([w[:, :nf], w[:, nf : 2 * nf]], dim=0).t()  # [N, 2 * out]
     out_dim = w.shape[0]
-    return proj[row, :out_dim] + proj[col, out_dim:] + edge_attr @ w[:, 2 * nf :].t() + lin.bias
+    # bias in the projection's dtype, so that under autocast the [E, F] result stays low precision
+    return proj[row, :out_dim] + proj[col, out_dim:] + edge_attr @ w[:, 2 * nf :].t() + lin.bias.to(proj.dtype)
 
 
 class GCL(nn.Module):
@@ -105,16 +128,18 @@ class EquivariantUpdate(nn.Module):
     ) -> torch.Tensor:
         """Apply the layer; shapes as in the class docstring."""
         row, col = edge_index
-        diff = pos[row] - pos[col]
-        dist = torch.sqrt((diff**2).sum(dim=1, keepdim=True) + 1e-8)
-        unit = diff / (dist + self.norm_constant)
         w = self.act(_edge_input_linear(self.lin_in, h, edge_attr, row, col, self.node_projection))
         w = self.lin_out(self.act(self.lin_mid(w)))
-        if self.tanh:
-            w = torch.tanh(w) * self.coords_range
-        trans = unit * w
-        agg = scatter(trans, row, dim=0, dim_size=pos.shape[0], reduce="sum") / self.normalization_factor
-        return pos + agg
+        with no_autocast(pos):  # phi_ij is invariant; everything after it is in the dtype of pos
+            w = w.to(pos.dtype)
+            if self.tanh:
+                w = torch.tanh(w) * self.coords_range
+            diff = pos[row] - pos[col]
+            dist = torch.sqrt((diff**2).sum(dim=1, keepdim=True) + 1e-8)
+            unit = diff / (dist + self.norm_constant)
+            trans = unit * w
+            agg = scatter(trans, row, dim=0, dim_size=pos.shape[0], reduce="sum") / self.normalization_factor
+            return pos + agg
 
 
 class EquivariantBlock(nn.Module):
@@ -143,8 +168,9 @@ class EquivariantBlock(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Apply the layer; shapes as in the class docstring."""
         row, col = edge_index
-        d2 = ((pos[row] - pos[col]) ** 2).sum(dim=1, keepdim=True)
-        e = torch.cat([d2, edge_attr], dim=1)
+        with no_autocast(pos):
+            d2 = ((pos[row] - pos[col]) ** 2).sum(dim=1, keepdim=True)
+            e = torch.cat([d2, edge_attr], dim=1)
         h = self.gcl(h, edge_index, e)
         pos = self.update(h, pos, edge_index, e)
         return h, pos
@@ -183,7 +209,8 @@ class EGNN(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Apply the layer; shapes as in the class docstring."""
         row, col = edge_index
-        d2_init = ((pos[row] - pos[col]) ** 2).sum(dim=1, keepdim=True)
+        with no_autocast(pos):
+            d2_init = ((pos[row] - pos[col]) ** 2).sum(dim=1, keepdim=True)
         h = self.embedding(h)
         for block in self.blocks:
             h, pos = block(h, pos, edge_index, d2_init)
