@@ -153,6 +153,7 @@ class TrainConfig:
     checkpoint_every_steps: int = 1000
     context_dropout: float = 0.0
     augment_rotations: bool = False
+    compile: bool = False
 
     def __post_init__(self) -> None:
         _check_positive("train.lr", self.lr)

@@ -115,6 +115,8 @@ class Trainer:
         self.progress = progress
         self.world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         self.rank = dist.get_rank() if self.world > 1 else 0
+        if self.cfg.compile:  # in place: state-dict keys unchanged; the EMA copy (sampling) stays eager
+            self.process.denoiser.compile(dynamic=True)
         self.train_process = self.process
         if self.world > 1:
             ddp = torch.nn.parallel.DistributedDataParallel(self.process.denoiser)
