@@ -1,7 +1,7 @@
 """Sample quality and time per sampler and step count (EDM metrics).
 
     .venv/bin/python benchmarks/steps_vs_quality.py --model qm9 --num 500 \\
-        --steps 25 50 100 250 1000 --samplers ancestral ddim dpm2 [--device cpu] [--threads 2]
+        --steps 25 50 100 250 1000 --samplers ancestral ddim dpm2 dpm2sde [--device cpu] [--threads 2]
 
 ``--model`` is a shipped model name or any checkpoint path; ``--samplers`` takes registered names
 and ``ddim@ETA`` (DDIM with that ``eta``; ``ddim@1`` equals ancestral). Molecules are sampled with
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap.add_argument("--model", default="qm9", help="shipped model name or checkpoint path")
     ap.add_argument("--num", type=int, default=500)
     ap.add_argument("--steps", nargs="+", type=int, default=[25, 50, 100, 250, 1000])
-    ap.add_argument("--samplers", nargs="+", default=["ancestral", "ddim", "dpm2"])
+    ap.add_argument("--samplers", nargs="+", default=["ancestral", "ddim", "dpm2", "dpm2sde"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--threads", type=int, default=None)

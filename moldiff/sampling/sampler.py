@@ -2,9 +2,9 @@
 
 Molecules are sampled as a sparse batch (no padding). Sampling with ``S < T`` steps walks a
 sub-sequence of the ``T + 1`` integer timesteps; the ancestral transition ``p(z_s | z_t)`` is exact
-for any ``s < t``, so no retraining is needed. Besides the ancestral sampler, the deterministic
-DDIM and the second-order DPM-Solver++(2M) (:mod:`moldiff.sampling.solvers`) reach comparable
-quality in far fewer steps. Every sampler is reproducible from a seed.
+for any ``s < t``, so no retraining is needed. Besides the ancestral sampler there are the
+deterministic DDIM, the second-order DPM-Solver++(2M) and its stochastic variant SDE-DPM-Solver++(2M)
+(:mod:`moldiff.sampling.solvers`), meant for fewer steps. Every sampler is reproducible from a seed.
 
 Large runs go through :meth:`Sampler.iter_batches`: molecules are packed, in input order, into
 batches within an atom (and edge) budget (:func:`plan_batches`, sized from free GPU memory by
