@@ -108,11 +108,13 @@ def _add_sample_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="sample molecules from a trained model")
     p.add_argument("--model", default="qm9", help="shipped model name or checkpoint path (default: qm9)")
     p.add_argument("--num", type=_positive_int, default=100, help="number of molecules")
-    p.add_argument("--steps", type=_positive_int, default=None, help="denoising steps (default: model's T)")
+    p.add_argument("--steps", type=_positive_int, default=None,
+                   help="denoising steps (default: the model's recommended count, else its T)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output file (.sdf or .xyz)")
     p.add_argument("--format", choices=("sdf", "xyz"), default=None, help="default: from --out suffix")
-    p.add_argument("--sampler", default=None, help="sampler name (default: the model's default)")
+    p.add_argument("--sampler", default=None,
+                   help="ancestral, ddim, dpm2 or dpm2sde (default: the model's recommended sampler, else ancestral)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity in [0, 1] (--sampler ddim)")
     p.add_argument("--batch-size", type=_positive_int, default=None, help="at most this many molecules per batch")
     p.add_argument("--batch-atoms", type=_positive_int, default=None,
@@ -171,8 +173,9 @@ def _sample_to_file(args: argparse.Namespace, model: MolDiff, fmt: str, target: 
     from moldiff.pipeline import to_rdkit
     from moldiff.sampling.sharding import gather_in_order
 
+    method, steps = model.default_sampling  # each overridden by its flag
     batches = model.iter_samples(
-        args.num, steps=args.steps, seed=args.seed, num_atoms=args.num_atoms, method=args.sampler or "ancestral",
+        args.num, steps=args.steps or steps, seed=args.seed, num_atoms=args.num_atoms, method=args.sampler or method,
         eta=args.eta, batch_size=args.batch_size, max_atoms_per_batch=args.batch_atoms, progress=shard.is_main,
         target=target, guidance=args.guidance, device=device, rank=shard.rank, world_size=shard.world_size,
     )

@@ -67,6 +67,19 @@ class MolDiff:
         """Properties the model is conditioned on (empty: unconditional)."""
         return tuple(self.config.data.conditioning)
 
+    @property
+    def default_sampling(self) -> tuple[str, int | None]:
+        """``(sampler, steps)`` recommended for this model (``steps=None``: all ``T``).
+
+        ``info["sampling"]`` when the checkpoint records one (chosen from a measured steps-vs-quality
+        table, see ``benchmarks/README.md``), else EDM's ancestral sampler over all ``T`` steps.
+        """
+        rec = self.info.get("sampling") or {}
+        method, steps = rec.get("method", "ancestral"), rec.get("steps")
+        if method not in SAMPLERS or (steps is not None and not 1 <= int(steps) <= self.process.timesteps):
+            return "ancestral", None
+        return method, None if steps is None else int(steps)
+
     def to(self, device: str | torch.device) -> MolDiff:
         """Move the model to ``device``."""
         self.process.to(device)

@@ -108,3 +108,30 @@ def test_conditional_train_and_sample(tmp_path, capsys):
     bad = tmp_path / "bad.xyz"
     assert main(["sample", "--model", str(run / "last.pt"), "--target", "gap=5", "--out", str(bad)]) == 2
     assert "alpha" in _err_line(capsys) and not bad.exists()
+
+
+def test_sample_defaults_to_the_models_recommended_sampler(tiny_ckpt, tmp_path, monkeypatch):
+    from moldiff.pipeline import MolDiff, from_checkpoint
+    from moldiff.training.checkpoint import load_checkpoint, save_checkpoint
+
+    payload = load_checkpoint(tiny_ckpt)
+    payload["info"] = {**payload.get("info", {}), "sampling": {"method": "dpm2sde", "steps": 7}}
+    save_checkpoint(tmp_path / "rec.pt", payload)
+    assert from_checkpoint(tmp_path / "rec.pt").default_sampling == ("dpm2sde", 7)
+    assert from_checkpoint(tiny_ckpt).default_sampling == ("ancestral", None)  # no recommendation: EDM's
+    seen = {}
+    real = MolDiff.iter_samples
+
+    def spy(self, num, **kwargs):
+        seen.update(kwargs)
+        return real(self, num, **kwargs)
+
+    monkeypatch.setattr(MolDiff, "iter_samples", spy)
+    argv = ["sample", "--model", str(tmp_path / "rec.pt"), "--num", "2", "--out", str(tmp_path / "a.xyz")]
+    assert main(argv) == 0
+    assert (seen["method"], seen["steps"]) == ("dpm2sde", 7)
+    assert main(argv + ["--sampler", "ancestral", "--steps", "3"]) == 0  # flags override each default
+    assert (seen["method"], seen["steps"]) == ("ancestral", 3)
+    payload["info"]["sampling"] = {"method": "euler", "steps": 7}  # unknown: fall back, do not fail
+    save_checkpoint(tmp_path / "bad.pt", payload)
+    assert from_checkpoint(tmp_path / "bad.pt").default_sampling == ("ancestral", None)
