@@ -35,6 +35,7 @@ def main() -> None:
     ap.add_argument("--batch-atoms", type=int, default=None, help="atom budget (default: automatic)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--compile", action="store_true", help="torch.compile the denoiser (compiled in the warm-up)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     if args.threads:
@@ -42,6 +43,8 @@ def main() -> None:
     device = resolve_device(args.device)
     shard = init_sharding(device)
     model = load_model(args.model, device=device)
+    if args.compile:
+        model.process.denoiser.compile(dynamic=True)
     kw = dict(steps=args.steps, method=args.sampler, device=device, max_atoms_per_batch=args.batch_atoms)
     for _ in model.iter_samples(min(8, args.num), seed=args.seed + 1, **kw):  # warm-up, not timed
         pass
@@ -57,7 +60,7 @@ def main() -> None:
         return
     row = {"model": args.model, "num": n, "steps": args.steps, "sampler": args.sampler,
            "world_size": shard.world_size, "seconds": seconds, "molecules_per_s": n / seconds,
-           "batch_atoms": args.batch_atoms or "auto"}
+           "batch_atoms": args.batch_atoms or "auto", "compile": args.compile}
     if device.type == "cuda":
         row["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     print(f"{n} molecules, {args.steps} {args.sampler} steps, {shard.world_size} process(es) on {device}: "

@@ -135,3 +135,14 @@ def test_sample_defaults_to_the_models_recommended_sampler(tiny_ckpt, tmp_path, 
     payload["info"]["sampling"] = {"method": "euler", "steps": 7}  # unknown: fall back, do not fail
     save_checkpoint(tmp_path / "bad.pt", payload)
     assert from_checkpoint(tmp_path / "bad.pt").default_sampling == ("ancestral", None)
+
+
+@pytest.mark.slow  # inductor compile with the system C compiler
+def test_sample_compile_matches_eager(tiny_ckpt, tmp_path):
+    base = ["sample", "--model", str(tiny_ckpt), "--num", "3", "--steps", "3", "--no-evaluate"]
+    assert main(base + ["--out", str(tmp_path / "eager.xyz")]) == 0
+    assert main(base + ["--out", str(tmp_path / "compiled.xyz"), "--compile"]) == 0
+    eager, compiled = read_molecules(tmp_path / "eager.xyz"), read_molecules(tmp_path / "compiled.xyz")
+    for a, b in zip(eager, compiled, strict=True):
+        assert a.symbols == b.symbols
+        assert abs(a.pos - b.pos).max() < 1e-3
