@@ -120,8 +120,9 @@ class Trainer:
         self.train_process = self.process
         if self.world > 1:
             ddp = torch.nn.parallel.DistributedDataParallel(self.process.denoiser)
-            self.train_process = copy.copy(self.process)  # shares schedule and parameters
-            self.train_process.denoiser = ddp
+            self.train_process = copy.copy(self.process)  # shares schedule and parameters ...
+            self.train_process._modules = dict(self.process._modules)  # ... but not the module table, so
+            self.train_process.denoiser = ddp  # self.process (checkpoints, EMA) keeps the plain denoiser
         self.opt = torch.optim.AdamW(self.process.parameters(), lr=self.cfg.lr, amsgrad=True,
                                      weight_decay=self.cfg.weight_decay)
         self.clipper = GradClipper()
@@ -153,7 +154,9 @@ class Trainer:
         self.opt.load_state_dict(payload["optimizer"])
         self.clipper = GradClipper(payload["clip_history"])
         self.state = TrainState(**payload["state"])
-        self.gen.set_state(payload["rng"])
+        self.gen.set_state(payload["rng"])  # rank 0's stream (only rank 0 writes checkpoints)
+        if self.rank > 0:  # other ranks derive their own stream from it, or every rank would draw the same t and noise
+            self.gen.manual_seed(int(torch.randint(2**62, (1,), generator=self.gen)) + self.rank)
 
     def init_from(self, path: str | Path) -> None:
         """Start from the (EMA and raw) weights of another checkpoint, e.g. a shipped model."""

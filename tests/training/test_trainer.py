@@ -101,11 +101,13 @@ def test_corrupt_or_missing_checkpoint(tmp_path):
     assert not (tmp_path / "x.pt").exists()
 
 
-def _ddp_worker(rank, world, init_file, out_dir, queue):
+def _ddp_worker(rank, world, init_file, out_dir, queue, resume_to=None):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         torch.set_num_threads(1)
-        tr = _trainer(out_dir, CFG.override(train={"max_steps": 3}))
+        tr = _trainer(out_dir, CFG.override(train={"max_steps": resume_to or 3}))
+        if resume_to:
+            tr.resume()
         tr.fit()
         flat = torch.cat([p.detach().flatten() for p in tr.process.parameters()])
         queue.put((rank, flat.numpy()))
@@ -125,7 +127,20 @@ def test_ddp_two_processes_gloo_stay_in_sync(tmp_path):
         p.join(timeout=60)
         assert p.exitcode == 0
     assert np.array_equal(results[0], results[1])  # gradients are all-reduced: replicas agree
-    assert (tmp_path / "run" / "last.pt").is_file()
+    payload = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert not any(".module." in k for k in payload["model"])  # the plain denoiser's keys, not DDP's
+    assert from_checkpoint(tmp_path / "run" / "last.pt").sample_raw(1, steps=2)
+    # a DDP run resumes from its own checkpoint (this failed when DDP's keys leaked into it)
+    procs = [ctx.Process(target=_ddp_worker, args=(r, 2, tmp_path / "init2", tmp_path / "run", queue, 5))
+             for r in range(2)]
+    for p in procs:
+        p.start()
+    results = dict(queue.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    assert np.array_equal(results[0], results[1])
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["state"]["step"] == 5
 
 
 def test_export_checkpoint_is_small_and_samples(tmp_path):
