@@ -178,19 +178,22 @@ def _sample_to_file(args: argparse.Namespace, model: MolDiff, fmt: str, target: 
     from moldiff.sampling.sharding import gather_in_order
 
     method, steps = model.default_sampling  # each overridden by its flag
-    batches = model.iter_samples(
-        args.num, steps=args.steps or steps, seed=args.seed, num_atoms=args.num_atoms, method=args.sampler or method,
-        eta=args.eta, batch_size=args.batch_size, max_atoms_per_batch=args.batch_atoms, progress=shard.is_main,
-        target=target, guidance=args.guidance, device=device, rank=shard.rank, world_size=shard.world_size,
-    )
+    method, steps = args.sampler or method, args.steps or steps
     molecules: list = []
     with warnings.catch_warnings(record=True) as caught:  # e.g. a target outside the training range
         warnings.simplefilter("always", UserWarning)
+        batches = model.iter_samples(
+            args.num, steps=steps, seed=args.seed, num_atoms=args.num_atoms, method=method, eta=args.eta,
+            batch_size=args.batch_size, max_atoms_per_batch=args.batch_atoms, progress=shard.is_main,
+            target=target, guidance=args.guidance, device=device, rank=shard.rank, world_size=shard.world_size,
+        )  # arguments are checked here, before any sampling
         ordered = gather_in_order(batches, shard)
         if not shard.is_main:
             for _ in ordered:  # take part in every gather round; rank 0 writes
                 pass
             return 0
+        print(f"sampling {args.num} molecules: {method}, {steps or model.process.timesteps} steps, {device}"
+              + (f", {shard.world_size} processes" if shard.world_size > 1 else ""), file=sys.stderr)
         with molecule_writer(args.out, fmt) as write:
             for batch in ordered:
                 write(batch if fmt == "xyz" else [to_rdkit(sym, pos) for sym, pos in batch])

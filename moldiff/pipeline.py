@@ -93,7 +93,9 @@ class MolDiff:
         target: dict[str, float] | None = None, guidance: float | None = None, eta: float = 0.0,
         device: str | torch.device | None = None, rank: int = 0, world_size: int = 1,
     ) -> Iterator[tuple[int, list[tuple[list[str], np.ndarray]]]]:
-        """Sample ``num`` molecules batch by batch: yields ``(k, molecules)`` for batch ``k``, in order.
+        """Sample ``num`` molecules batch by batch: an iterator of ``(k, molecules)`` for batch ``k``, in order.
+
+        Arguments are checked (``ValueError``) when this is called, before any sampling.
 
         The arguments are those of :meth:`sample_raw`, plus the sharding pair ``rank`` /
         ``world_size``: batch ``k`` is sampled by the process with ``rank == k % world_size``, and
@@ -140,8 +142,8 @@ class MolDiff:
             context=context, eps_fn_for=eps_fn_for, rank=rank, world_size=world_size, progress=progress,
             steps=steps, method=method, eps_fn=eps_fn, eta=eta, device=device,
         )
-        for k, _, out in batches:
-            yield k, [([elements[i] for i in t.tolist()], p.double().numpy()) for t, p in out.split()]
+        return ((k, [([elements[i] for i in t.tolist()], p.double().numpy()) for t, p in out.split()])
+                for k, _, out in batches)
 
     def sample_raw(self, num: int, steps: int | None = None, seed: int | None = 0,
                    **kwargs: Any) -> list[tuple[list[str], np.ndarray]]:
