@@ -145,28 +145,7 @@ def dpm2_solve(
     Returns:
         The state at the last grid point.
     """
-    steps = len(gammas) - 1
-    alpha, sigma = NoiseSchedule.alpha_from_gamma(gammas), NoiseSchedule.sigma_from_gamma(gammas)
-    lam = -0.5 * gammas
-    x0_prev: State | None = None
-    h_prev = 0.0
-    for k in range(steps):
-        eps = eps_at(z, k)
-        x0 = _combine(1.0 / float(alpha[k]), z, -float(sigma[k] / alpha[k]), eps)
-        h = float(lam[k + 1] - lam[k])
-        first_order = x0_prev is None or h_prev == 0.0 or (lower_order_final and k == steps - 1)
-        if first_order:
-            d = x0
-        else:
-            c = 0.5 * h / h_prev  # 1 / (2 r)
-            d = _combine(1.0 + c, x0, -c, x0_prev)  # type: ignore[arg-type]
-        c_x0 = -float(alpha[k + 1]) * float(torch.expm1(torch.tensor(-h, dtype=torch.float64)))
-        z = _combine(float(sigma[k + 1] / sigma[k]), z, c_x0, d)
-        z = project(z)
-        x0_prev, h_prev = x0, h
-        if callback is not None:
-            callback(k, z)
-    return z
+    return _dpm2m(z, eps_at, gammas, None, project, callback, lower_order_final, order=2)
 
 
 def dpm2sde_solve(
@@ -190,6 +169,19 @@ def dpm2sde_solve(
     """
     if order not in (1, 2):
         raise ValueError(f"order must be 1 or 2, got {order}")
+    return _dpm2m(z, eps_at, gammas, noise_fn, project, callback, lower_order_final, order)
+
+
+def _dpm2m(
+    z: State, eps_at: EpsAt, gammas: torch.Tensor, noise_fn: NoiseFn | None, project: Project,
+    callback: Callback | None, lower_order_final: bool, order: int,
+) -> State:
+    """The multistep loop shared by ``dpm2`` (``noise_fn=None``: the ODE) and ``dpm2sde`` (the SDE).
+
+    ODE: ``z' = (sigma'/sigma) z + alpha' (1 - e^{-h}) D``; SDE: ``z' = (sigma'/sigma) e^{-h} z
+    + alpha' (1 - e^{-2h}) D + sigma' sqrt(1 - e^{-2h}) noise``; ``D`` as in the module docstring.
+    """
+    sde = noise_fn is not None
     steps = len(gammas) - 1
     alpha, sigma = NoiseSchedule.alpha_from_gamma(gammas), NoiseSchedule.sigma_from_gamma(gammas)
     lam = -0.5 * gammas
@@ -205,11 +197,14 @@ def dpm2sde_solve(
         else:
             c = 0.5 * h / h_prev  # 1 / (2 r), the midpoint form
             d = _combine(1.0 + c, x0, -c, x0_prev)  # type: ignore[arg-type]
-        one_minus = -float(torch.expm1(torch.tensor(-2.0 * h, dtype=torch.float64)))  # 1 - e^{-2h}
-        c_z = float(sigma[k + 1] / sigma[k]) * float(torch.exp(torch.tensor(-h, dtype=torch.float64)))
+        one_minus = -float(torch.expm1(torch.tensor(-(2.0 if sde else 1.0) * h, dtype=torch.float64)))
+        c_z = float(sigma[k + 1] / sigma[k])
+        if sde:
+            c_z *= float(torch.exp(torch.tensor(-h, dtype=torch.float64)))
         z = _combine(c_z, z, float(alpha[k + 1]) * one_minus, d)
-        std = float(sigma[k + 1]) * one_minus**0.5
-        z = tuple(zi + std * ni for zi, ni in zip(z, noise_fn(k), strict=True))
+        if sde:
+            std = float(sigma[k + 1]) * one_minus**0.5
+            z = tuple(zi + std * ni for zi, ni in zip(z, noise_fn(k), strict=True))  # type: ignore[misc]
         z = project(z)
         x0_prev, h_prev = x0, h
         if callback is not None:
