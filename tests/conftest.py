@@ -186,3 +186,26 @@ def make_denoiser() -> Callable[..., EGNNDenoiser]:
 def make_process() -> Callable[..., EquivariantDiffusion]:
     """Factory fixture: :func:`make_tiny_process`."""
     return make_tiny_process
+
+
+def _spawn_ranks(target: Callable, world: int, *args) -> dict:
+    """Run ``target(rank, world, *args, queue)`` in ``world`` spawned processes; each puts ``(rank, result)``.
+
+    Returns ``{rank: result}`` after checking that every process exited with code 0.
+    """
+    ctx = torch.multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=target, args=(r, world, *args, queue)) for r in range(world)]
+    for p in procs:
+        p.start()
+    results = dict(queue.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    return results
+
+
+@pytest.fixture
+def spawn_ranks() -> Callable[..., dict]:
+    """``spawn_ranks(target, world, *args)``: a multi-process (e.g. gloo) test run; see :func:`_spawn_ranks`."""
+    return _spawn_ranks

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from moldiff.cli import main
 from moldiff.sampling.sharding import Shard, gather_in_order, resolve_device
@@ -28,17 +27,8 @@ def _gather_worker(rank: int, world: int, init_file: Path, num_batches: int, que
 
 
 @pytest.mark.parametrize("num_batches", [5, 1])
-def test_gather_in_order_over_gloo(tmp_path: Path, num_batches: int) -> None:
-    ctx, world = mp.get_context("spawn"), 2
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_gather_worker, args=(r, world, tmp_path / "init", num_batches, queue))
-             for r in range(world)]
-    for p in procs:
-        p.start()
-    results = dict(queue.get(timeout=120) for _ in procs)
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+def test_gather_in_order_over_gloo(tmp_path: Path, num_batches: int, spawn_ranks) -> None:
+    results = spawn_ranks(_gather_worker, 2, tmp_path / "init", num_batches)
     assert results[0] == [f"batch-{k}" for k in range(num_batches)]  # rank 0 gets everything, in order
     assert results[1] == []
 

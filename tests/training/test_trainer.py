@@ -2,7 +2,6 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from moldiff.config import ExperimentConfig
 from moldiff.data.arrays import MoleculeArrays
@@ -101,7 +100,7 @@ def test_corrupt_or_missing_checkpoint(tmp_path):
     assert not (tmp_path / "x.pt").exists()
 
 
-def _ddp_worker(rank, world, init_file, out_dir, queue, resume_to=None):
+def _ddp_worker(rank, world, init_file, out_dir, resume_to, queue):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         torch.set_num_threads(1)
@@ -115,30 +114,14 @@ def _ddp_worker(rank, world, init_file, out_dir, queue, resume_to=None):
         dist.destroy_process_group()
 
 
-def test_ddp_two_processes_gloo_stay_in_sync(tmp_path):
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_ddp_worker, args=(r, 2, tmp_path / "init", tmp_path / "run", queue))
-             for r in range(2)]
-    for p in procs:
-        p.start()
-    results = dict(queue.get(timeout=120) for _ in procs)
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+def test_ddp_two_processes_gloo_stay_in_sync(tmp_path, spawn_ranks):
+    results = spawn_ranks(_ddp_worker, 2, tmp_path / "init", tmp_path / "run", None)
     assert np.array_equal(results[0], results[1])  # gradients are all-reduced: replicas agree
     payload = load_checkpoint(tmp_path / "run" / "last.pt")
     assert not any(".module." in k for k in payload["model"])  # the plain denoiser's keys, not DDP's
     assert from_checkpoint(tmp_path / "run" / "last.pt").sample_raw(1, steps=2)
     # a DDP run resumes from its own checkpoint (this failed when DDP's keys leaked into it)
-    procs = [ctx.Process(target=_ddp_worker, args=(r, 2, tmp_path / "init2", tmp_path / "run", queue, 5))
-             for r in range(2)]
-    for p in procs:
-        p.start()
-    results = dict(queue.get(timeout=120) for _ in procs)
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    results = spawn_ranks(_ddp_worker, 2, tmp_path / "init2", tmp_path / "run", 5)
     assert np.array_equal(results[0], results[1])
     assert load_checkpoint(tmp_path / "run" / "last.pt")["state"]["step"] == 5
 
