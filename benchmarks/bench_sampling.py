@@ -198,11 +198,11 @@ def method_rows(args, name: str, proc, bs: int = 64, steps: int = 10) -> list[di
     return rows
 
 
-def optimisation_rows(args, name: str, config: ExperimentConfig, bs: int = 64, steps: int = 10) -> list[dict]:
-    """Before/after rows, timed in alternating rounds: node_projection, torch.compile, per precision."""
-    counts = atom_counts(bs, seed=bs)
-    variants: dict[str, tuple[Any, str]] = {}  # label -> (process, precision)
-    rows: list[dict[str, Any]] = []
+def build_variants(args, config: ExperimentConfig) -> tuple[dict[str, tuple[Any, str]], list[str], str | None]:
+    """Random processes for the before/after rows, per ``args.precision``: ``node_projection`` off / on
+    and (with ``args.compile``) compiled. Returns ``(label -> (process, precision), compile labels,
+    compile error or None)``."""
+    variants: dict[str, tuple[Any, str]] = {}
     compile_labels, err = [], None
     for precision in args.precision:
         for flag in (False, True):
@@ -215,6 +215,14 @@ def optimisation_rows(args, name: str, config: ExperimentConfig, bs: int = 64, s
             err = compile_denoiser(proc)
             if err is None:
                 variants[label] = (proc, precision)
+    return variants, compile_labels, err
+
+
+def optimisation_rows(args, name: str, config: ExperimentConfig, bs: int = 64, steps: int = 10) -> list[dict]:
+    """Before/after rows, timed in alternating rounds: node_projection, torch.compile, per precision."""
+    counts = atom_counts(bs, seed=bs)
+    rows: list[dict[str, Any]] = []
+    variants, compile_labels, err = build_variants(args, config)
     first: dict[str, float] = {}
     for label in list(variants):
         proc = variants[label][0]

@@ -25,13 +25,11 @@ import torch
 from bench_sampling import (  # same directory
     RESULTS,
     atom_counts,
-    compile_denoiser,
+    build_variants,
     interleaved,
     load_config,
     machine,
     qm9_histogram,
-    random_process,
-    variant_label,
     write_json,
 )
 
@@ -78,20 +76,8 @@ def config_rows(args, name: str) -> list[dict[str, Any]]:
     config = load_config(name)
     print(f"== {name}: {config.model.n_layers} x {config.model.hidden_nf}")
     mb = random_batch(args.batch_size, seed=1, device=args.device)
-    variants: dict[str, tuple[Any, str]] = {}  # label -> (process, precision)
     rows: list[dict[str, Any]] = []
-    compile_labels, err = [], None
-    for precision in args.precision:
-        for flag in (False, True):
-            variants[variant_label(f"node_projection={flag}", precision)] = (
-                random_process(config, args.device, flag, precision=precision), precision)
-        if args.compile:
-            label = variant_label("torch.compile(dynamic=True)", precision)
-            compile_labels.append(label)
-            proc = random_process(config, args.device, precision=precision)
-            err = compile_denoiser(proc)
-            if err is None:
-                variants[label] = (proc, precision)
+    variants, compile_labels, err = build_variants(args, config)
     fns, warm = {}, {}
     for label, (proc, _) in list(variants.items()):
         t0 = time.perf_counter()
