@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from moldiff.runtime import tune_cpu_allocator
+
 if TYPE_CHECKING:  # the CLI imports the library lazily, so that --help stays fast
     import torch
 
@@ -303,6 +305,7 @@ _RUNNERS = {"data": "_run_data", "train": "_run_train", "sample": "_run_sample",
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point; returns the exit code (2 for bad input)."""
     args = _parse_args(argv)  # argparse exits with code 2 on malformed arguments
+    tune_cpu_allocator()  # keep large freed tensors in the process (see moldiff.runtime)
     runner = globals()[_RUNNERS[args.command]]
     try:
         return int(runner(args) or 0)

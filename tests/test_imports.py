@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ANY = "*"  # may import every component except cli
-LEAVES = frozenset({"constants", "config", "types", "geometry", "io"})
+LEAVES = frozenset({"constants", "config", "types", "geometry", "io", "runtime"})
 
 #: component -> components it may import.  ``__init__`` is the root package (the public API).
 ALLOWED: dict[str, frozenset[str] | str] = {
@@ -26,6 +26,7 @@ ALLOWED: dict[str, frozenset[str] | str] = {
     "types": LEAVES,
     "geometry": LEAVES,
     "io": LEAVES,
+    "runtime": LEAVES,
     "data": frozenset({"constants", "config", "geometry", "io", "types"}),
     "nn": frozenset({"types", "geometry"}),
     "diffusion": frozenset({"types", "geometry"}),
@@ -56,6 +57,7 @@ ALLOWED: dict[str, frozenset[str] | str] = {
 #: constants is pure data, the maths never touches RDKit).
 FORBIDDEN_EXTERNAL: dict[str, frozenset[str]] = {
     "constants": frozenset({"torch", "numpy", "torch_geometric", "e3nn", "rdkit", "pandas"}),
+    "runtime": frozenset({"torch", "numpy", "torch_geometric", "e3nn", "rdkit", "pandas"}),
     "config": frozenset({"torch", "torch_geometric", "e3nn", "rdkit", "pandas"}),
     "evaluation": frozenset({"torch", "torch_geometric", "e3nn"}),
     "nn": frozenset({"rdkit"}),

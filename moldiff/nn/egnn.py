@@ -43,15 +43,22 @@ def _edge_input_linear(
     lin: nn.Linear, h: torch.Tensor, edge_attr: torch.Tensor, row: torch.Tensor, col: torch.Tensor,
     node_projection: bool,
 ) -> torch.Tensor:
-    """Apply ``lin`` to ``[h[row], h[col], edge_attr]`` for every edge, optionally per node first."""
+    """Apply ``lin`` to ``[h[row], h[col], edge_attr]`` for every edge, optionally per node first.
+
+    The per-node path writes the ``[E, F]`` result once and then updates it in place (gather, add
+    the second gather, ``addmm_`` the edge features): every ``[E, F]`` temporary is a large
+    allocation, and on CPU those cost as much as the arithmetic (see ``benchmarks/README.md``).
+    """
     nf = h.shape[1]
     if not node_projection:
         return lin(torch.cat([h[row], h[col], edge_attr], dim=1))
     w = lin.weight
-    proj = h @ torch.cat([w[:, :nf], w[:, nf : 2 * nf]], dim=0).t()  # [N, 2 * out]
-    out_dim = w.shape[0]
-    # bias in the projection's dtype, so that under autocast the [E, F] result stays low precision
-    return proj[row, :out_dim] + proj[col, out_dim:] + edge_attr @ w[:, 2 * nf :].t() + lin.bias.to(proj.dtype)
+    p_i = torch.addmm(lin.bias, h, w[:, :nf].t())  # [N, F], bias folded in per node
+    p_j = h @ w[:, nf : 2 * nf].t()
+    out = p_i.index_select(0, row)
+    out += p_j.index_select(0, col)
+    # explicit casts: autocast does not cover in-place ops, and under it ``out`` is low precision
+    return out.addmm_(edge_attr.to(out.dtype), w[:, 2 * nf :].t().to(out.dtype))
 
 
 class GCL(nn.Module):
@@ -82,7 +89,7 @@ class GCL(nn.Module):
         self.node_mlp = nn.Sequential(
             nn.Linear(2 * hidden_nf, hidden_nf), nn.SiLU(), nn.Linear(hidden_nf, hidden_nf)
         )
-        self.act = nn.SiLU()
+        self.act = nn.SiLU(inplace=True)  # applied only to fresh linear outputs
         self.normalization_factor = normalization_factor
         self.node_projection = node_projection
 
@@ -92,7 +99,9 @@ class GCL(nn.Module):
         m = self.act(_edge_input_linear(self.edge_in, h, edge_attr, row, col, self.node_projection))
         m = self.act(self.edge_out(m))
         if self.att is not None:
-            m = m * torch.sigmoid(self.att(m))
+            gate = torch.sigmoid(self.att(m))
+            # in place only without autograd: ``att`` saved ``m`` for its weight gradient
+            m = m * gate if torch.is_grad_enabled() else m.mul_(gate)
         agg = scatter(m, row, dim=0, dim_size=h.shape[0], reduce="sum") / self.normalization_factor
         return h + self.node_mlp(torch.cat([h, agg], dim=1))
 
@@ -116,7 +125,7 @@ class EquivariantUpdate(nn.Module):
         self.lin_mid = nn.Linear(hidden_nf, hidden_nf)
         self.lin_out = nn.Linear(hidden_nf, 1, bias=False)
         nn.init.xavier_uniform_(self.lin_out.weight, gain=0.001)
-        self.act = nn.SiLU()
+        self.act = nn.SiLU(inplace=True)  # applied only to fresh linear outputs
         self.tanh = tanh
         self.coords_range = coords_range
         self.norm_constant = norm_constant

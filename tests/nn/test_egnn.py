@@ -126,6 +126,31 @@ def test_node_projection_gives_identical_outputs(kind, graph):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("kind", LAYERS)
+def test_in_place_kernels_same_outputs_and_gradients(kind, graph):
+    """The per-node path updates edge tensors in place (and gates attention in place without autograd):
+    outputs with and without autograd, and parameter gradients, equal the per-edge reference."""
+    pos, _, edge_index = graph
+    per_node = randomize_(make_layer(kind, node_projection=True)).double()
+    per_edge = make_layer(kind, node_projection=False).double()
+    per_edge.load_state_dict(per_node.state_dict())
+    h = torch.randn(pos.shape[0], in_width(kind), dtype=torch.float64)
+
+    def first(out):
+        return out[0] if isinstance(out, tuple) else out
+
+    with torch.no_grad():
+        no_grad_out = first(call_layer(kind, per_node, pos, h, edge_index))
+    grads = []
+    for layer in (per_node, per_edge):
+        out = first(call_layer(kind, layer, pos, h, edge_index))
+        torch.testing.assert_close(out.detach(), no_grad_out, rtol=1e-12, atol=1e-12)
+        out.pow(2).sum().backward()
+        grads.append({n: p.grad for n, p in layer.named_parameters()})
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grad, grads[1][name], rtol=1e-10, atol=1e-10, msg=name)
+
+
 # ---------------------------------------------------------------------------- the test has teeth
 class LeakyGCL(GCL):
     """Broken on purpose: adds the absolute x coordinate to the invariant features."""
