@@ -16,10 +16,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch_geometric.utils import scatter
 
 from moldiff.diffusion.schedules import NoiseSchedule
-from moldiff.geometry import remove_mean, sample_zero_com_gaussian
+from moldiff.geometry import remove_mean, sample_zero_com_gaussian, scatter_sum
 from moldiff.types import Denoiser, MolBatch
 
 _EPS = 1e-10
@@ -128,10 +127,10 @@ class EquivariantDiffusion(nn.Module):
         gamma_T = self.schedule.gamma(torch.ones(1, device=pos.device))
         a_T, s_T = NoiseSchedule.alpha_from_gamma(gamma_T), NoiseSchedule.sigma_from_gamma(gamma_T)
         n = torch.bincount(batch, minlength=num_graphs).to(pos.dtype)
-        mu2_h = scatter((a_T * h) ** 2, batch, dim=0, dim_size=num_graphs, reduce="sum").sum(1)
+        mu2_h = scatter_sum((a_T * h) ** 2, batch, num_graphs).sum(1)
         kl_h = n * h.shape[1] * (-torch.log(s_T) + 0.5 * s_T**2 - 0.5) + 0.5 * mu2_h
         d = (n - 1) * 3
-        mu2_x = scatter((a_T * pos) ** 2, batch, dim=0, dim_size=num_graphs, reduce="sum").sum(1)
+        mu2_x = scatter_sum((a_T * pos) ** 2, batch, num_graphs).sum(1)
         kl_x = d * (-torch.log(s_T)) + 0.5 * (d * s_T**2 + mu2_x) - 0.5 * d
         return kl_x + kl_h
 
@@ -161,7 +160,7 @@ class EquivariantDiffusion(nn.Module):
             s_int = sigma0 * self.norm_values[2]
             c = charge - est
             per_atom = per_atom + torch.log(_cdf((c + 0.5) / s_int) - _cdf((c - 0.5) / s_int) + _EPS).sum(1)
-        log_p_h = scatter(per_atom, batch, dim=0, dim_size=num_graphs, reduce="sum")
+        log_p_h = scatter_sum(per_atom, batch, num_graphs)
         return -0.5 * error_x + log_p_h
 
     # ------------------------------------------------------------------ objectives
@@ -195,8 +194,8 @@ class EquivariantDiffusion(nn.Module):
         eps_pos, eps_h = noise if noise is not None else self.sample_noise(batch, B, pos.dtype, generator)
         z_pos, z_h = self.q_sample(pos, h, gamma_t, batch, eps_pos, eps_h)
         pred_pos, pred_h = self.denoise(z_pos, z_h, t, batch, mol.context)
-        err_x = scatter(((eps_pos - pred_pos) ** 2).sum(1), batch, dim=0, dim_size=B, reduce="sum")
-        err_h = scatter(((eps_h - pred_h) ** 2).sum(1), batch, dim=0, dim_size=B, reduce="sum")
+        err_x = scatter_sum(((eps_pos - pred_pos) ** 2).sum(1), batch, B)
+        err_h = scatter_sum(((eps_h - pred_h) ** 2).sum(1), batch, B)
         error = err_x + err_h
         if self.training and self.loss_type == "l2":
             denom = (3 + self.feature_dim) * int(torch.bincount(batch, minlength=B).max())
@@ -230,8 +229,7 @@ class EquivariantDiffusion(nn.Module):
         eps_pos, eps_h = self.sample_noise(batch, B, pos.dtype, generator)
         z_pos, z_h = self.q_sample(pos, h, gamma_t, batch, eps_pos, eps_h)
         pred_pos, pred_h = self.denoise(z_pos, z_h, t, batch, mol.context)
-        err = scatter(((eps_pos - pred_pos) ** 2).sum(1) + ((eps_h - pred_h) ** 2).sum(1), batch, dim=0,
-                      dim_size=B, reduce="sum")
+        err = scatter_sum(((eps_pos - pred_pos) ** 2).sum(1) + ((eps_h - pred_h) ** 2).sum(1), batch, B)
         loss_t = T * 0.5 * (torch.exp(-(gamma_s - gamma_t)) - 1.0) * err
         # exact L_0 term at t = 0
         t0 = torch.zeros(B, dtype=pos.dtype, device=dev)
@@ -239,7 +237,7 @@ class EquivariantDiffusion(nn.Module):
         eps_pos0, eps_h0 = self.sample_noise(batch, B, pos.dtype, generator)
         z_pos0, z_h0 = self.q_sample(pos, h, gamma_0, batch, eps_pos0, eps_h0)
         pred_pos0, _ = self.denoise(z_pos0, z_h0, t0, batch, mol.context)
-        err_x0 = scatter(((eps_pos0 - pred_pos0) ** 2).sum(1), batch, dim=0, dim_size=B, reduce="sum")
+        err_x0 = scatter_sum(((eps_pos0 - pred_pos0) ** 2).sum(1), batch, B)
         loss_0 = -self.log_pxh_given_z0_without_constants(h, z_h0, err_x0, batch, B)
         neg_log_const = -self.log_constants_p_x_given_z0(batch, B, pos.dtype)
         return loss_t + loss_0 + neg_log_const + self.kl_prior(pos, h, batch, B)

@@ -21,7 +21,8 @@ import contextlib
 
 import torch
 from torch import nn
-from torch_geometric.utils import scatter
+
+from moldiff.geometry import scatter_sum
 
 
 def no_autocast(t: torch.Tensor) -> contextlib.AbstractContextManager:
@@ -102,7 +103,7 @@ class GCL(nn.Module):
             gate = torch.sigmoid(self.att(m))
             # in place only without autograd: ``att`` saved ``m`` for its weight gradient
             m = m * gate if torch.is_grad_enabled() else m.mul_(gate)
-        agg = scatter(m, row, dim=0, dim_size=h.shape[0], reduce="sum") / self.normalization_factor
+        agg = scatter_sum(m, row, h.shape[0]) / self.normalization_factor
         return h + self.node_mlp(torch.cat([h, agg], dim=1))
 
 
@@ -147,7 +148,7 @@ class EquivariantUpdate(nn.Module):
             dist = torch.sqrt((diff**2).sum(dim=1, keepdim=True) + 1e-8)
             unit = diff / (dist + self.norm_constant)
             trans = unit * w
-            agg = scatter(trans, row, dim=0, dim_size=pos.shape[0], reduce="sum") / self.normalization_factor
+            agg = scatter_sum(trans, row, pos.shape[0]) / self.normalization_factor
             return pos + agg
 
 

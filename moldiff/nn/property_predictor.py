@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch_geometric.utils import scatter
 
+from moldiff.geometry import scatter_sum
 from moldiff.nn.denoiser import fully_connected_edges
 
 
@@ -43,7 +43,7 @@ class InvariantGCL(nn.Module):
         m = self.edge_mlp(torch.cat([h[row], h[col], dist2], dim=1))
         if self.att_mlp is not None:
             m = m * self.att_mlp(m)
-        agg = scatter(m, row, dim=0, dim_size=h.shape[0], reduce="sum")
+        agg = scatter_sum(m, row, h.shape[0])
         return h + self.node_mlp(torch.cat([h, agg], dim=1))
 
 
@@ -93,7 +93,7 @@ class PropertyPredictor(nn.Module):
         for layer in self.layers:
             h = layer(h, edge_index, dist2)
         h = self.node_dec(h)
-        return self.graph_dec(scatter(h, batch, dim=0, dim_size=num_graphs, reduce="sum")).squeeze(1)
+        return self.graph_dec(scatter_sum(h, batch, num_graphs)).squeeze(1)
 
 
 __all__ = ["InvariantGCL", "PropertyPredictor"]
