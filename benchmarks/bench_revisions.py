@@ -17,7 +17,10 @@ Workloads (random weights of ``--config``; speed does not depend on them):
 * ``sample``: ``--sample-num`` QM9-size molecules (atom counts from QM9's train histogram) in one
   batch, ``--sample-steps`` steps of ``--method``, after a one-step warm-up;
 * ``train``: ``--train-steps`` trainer-style optimiser steps on a batch of 64 random QM9-size
-  molecules (``bench_training.train_steps``), after two warm-up steps.
+  molecules (``bench_training.train_steps``), after two warm-up steps;
+* ``cli``: the wall time of the whole command ``moldiff sample --model qm9 --num <--sample-num>
+  --seed 0 --out <tmp>`` (start-up, the shipped model's recommended sampler, evaluation, writing),
+  the README's headline; ``--threads`` does not apply (the CLI uses torch's default).
 
 Writes ``benchmarks/results/bench_revisions_cpu.json``.
 """
@@ -110,7 +113,7 @@ def revision_id(rev: str) -> str:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--variant", action="append", type=parse_variant, default=[], help="NAME=REV[:malloc]")
-    ap.add_argument("--workloads", nargs="+", default=["sample", "train"], choices=["sample", "train"])
+    ap.add_argument("--workloads", nargs="+", default=["sample", "train"], choices=["sample", "train", "cli"])
     ap.add_argument("--config", default="small", help="edm, small or a YAML path")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=5)
@@ -138,13 +141,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 for name, _, malloc in args.variant]
         for workload, name, malloc in tqdm(jobs, desc="runs"):
             env = dict(os.environ, PYTHONPATH=str(trees[name]), MOLDIFF_TUNE_MALLOC="1" if malloc else "0")
-            out = subprocess.run([sys.executable, __file__, "--child", workload, *common], env=env,
-                                 capture_output=True, text=True, check=True, cwd=tmp).stdout
-            times.setdefault((workload, name), []).append(json.loads(out.strip().splitlines()[-1])["seconds"])
+            if workload == "cli":
+                cmd = [sys.executable, "-m", "moldiff.cli", "sample", "--model", "qm9", "--num",
+                       str(args.sample_num), "--seed", "0", "--out", str(Path(tmp) / "cli.sdf")]
+                t0 = time.perf_counter()
+                subprocess.run(cmd, env=env, capture_output=True, check=True, cwd=tmp)
+                seconds = time.perf_counter() - t0
+            else:
+                out = subprocess.run([sys.executable, __file__, "--child", workload, *common], env=env,
+                                     capture_output=True, text=True, check=True, cwd=tmp).stdout
+                seconds = json.loads(out.strip().splitlines()[-1])["seconds"]
+            times.setdefault((workload, name), []).append(seconds)
     rows = []
     for (workload, name), ts in times.items():
         rev, malloc = next((r, m) for n, r, m in args.variant if n == name)
-        count = args.sample_num if workload == "sample" else 64 * args.train_steps
+        count = 64 * args.train_steps if workload == "train" else args.sample_num
         med = statistics.median(ts)
         rows.append({"workload": workload, "variant": name, "revision": revision_id(rev), "malloc_tuning": malloc,
                      "seconds": med, "mol_per_s": count / med, "times": ts})
