@@ -36,6 +36,7 @@ import torch
 
 from moldiff.config import ExperimentConfig
 from moldiff.pipeline import build_process
+from moldiff.runtime import tune_cpu_allocator
 from moldiff.sampling.priors import NodeCountDistribution
 from moldiff.sampling.sampler import Sampler
 
@@ -264,6 +265,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="model.precision of every row (several: each, before/after rows interleaved)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
+    tune_cpu_allocator()  # as the CLI does; MOLDIFF_TUNE_MALLOC=0 measures without it
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device available")
     torch.set_num_threads(args.threads)

@@ -21,6 +21,7 @@ import torch
 from bench_sampling import RESULTS, machine, write_json  # same directory
 
 from moldiff.pipeline import load_model
+from moldiff.runtime import tune_cpu_allocator
 from moldiff.sampling.sampler import SAMPLERS
 from moldiff.sampling.sharding import gather_in_order, init_sharding, resolve_device
 
@@ -38,6 +39,7 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="torch.compile the denoiser (compiled in the warm-up)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
+    tune_cpu_allocator()  # as the CLI does; MOLDIFF_TUNE_MALLOC=0 measures without it
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)

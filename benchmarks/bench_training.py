@@ -33,6 +33,7 @@ from bench_sampling import (  # same directory
     write_json,
 )
 
+from moldiff.runtime import tune_cpu_allocator
 from moldiff.training.trainer import GradClipper
 from moldiff.types import MolBatch
 
@@ -115,6 +116,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="model.precision of every row (several: each, before/after rows interleaved)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    tune_cpu_allocator()  # as the CLI does; MOLDIFF_TUNE_MALLOC=0 measures without it
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device available")
     torch.set_num_threads(args.threads)
