@@ -37,3 +37,12 @@ def test_no_libc_is_a_quiet_no_op(monkeypatch):
     monkeypatch.setattr(runtime.sys, "platform", "linux")
     monkeypatch.delenv("MOLDIFF_TUNE_MALLOC", raising=False)
     assert runtime.tune_cpu_allocator() is False
+
+
+def test_cli_tunes_the_allocator_before_running_a_command(monkeypatch, capsys):
+    from moldiff import cli
+
+    calls = []
+    monkeypatch.setattr(cli, "tune_cpu_allocator", lambda: calls.append(1) or True)
+    assert cli.main(["sample", "--model", "no-such-model", "--num", "1", "--out", "x.sdf"]) == 2
+    assert calls == [1] and "no-such-model" in capsys.readouterr().err
