@@ -10,7 +10,10 @@ and ``ddim@ETA`` (DDIM with that ``eta``; ``ddim@1`` equals ancestral). Molecule
 row, so rows differ only by sampler and step count. Each row is scored with
 :func:`moldiff.evaluation.evaluate_molecules` (atom / molecule stability, validity, uniqueness,
 novelty against ``data/qm9/train_smiles.txt.gz`` when present) and timed (sampling only).
-Writes ``benchmarks/results/steps_vs_quality_<model>.json`` and ``.md`` (a markdown table).
+Writes ``benchmarks/results/steps_vs_quality_<model>.json``, ``.md`` (a markdown table) and ``.png``
+(quality against steps per sampler, with EDM's published 1,000-step figures as dashed lines).
+``--merge A.json B.json ... --out C.json`` joins the rows of runs made side by side (e.g. one
+process per sampler) and writes the three files, without sampling.
 
 Smoke test on a tiny random checkpoint (seconds)::
 
@@ -37,6 +40,8 @@ from moldiff.training.checkpoint import save_checkpoint
 
 REFERENCE = ROOT / "data" / "qm9" / "train_smiles.txt.gz"
 COLUMNS = ("atom_stability", "mol_stability", "validity", "uniqueness", "novelty")
+#: EDM's published QM9 figures (Hoogeboom et al. 2022, Table 1; 1,000 steps, %).
+EDM_PUBLISHED = {"atom_stability": 98.7, "mol_stability": 82.0, "validity": 91.9}
 
 
 def make_random_checkpoint(path: str | Path, config: str = "tiny", seed: int = 0) -> Path:
@@ -64,6 +69,39 @@ def markdown(rows: list[dict[str, Any]], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot(rows: list[dict[str, Any]], png: Path, title: str) -> None:
+    """Atom / molecule stability and validity against steps (log scale), one line per sampler."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(EDM_PUBLISHED), figsize=(4.2 * len(EDM_PUBLISHED), 3.6), sharex=True)
+    for ax, (col, edm) in zip(axes, EDM_PUBLISHED.items(), strict=True):
+        for sampler in dict.fromkeys(r["sampler"] for r in rows):
+            pts = sorted((r["steps"], 100 * r[col]) for r in rows if r["sampler"] == sampler and r.get(col) is not None)
+            ax.plot(*zip(*pts, strict=True), marker="o", label=sampler)
+        ax.axhline(edm, ls="--", c="gray", lw=1, label="EDM, 1,000 steps (published)")
+        ax.set(xscale="log", xlabel="steps", ylabel=f"{col.replace('_', ' ')} (%)", ylim=(0, 100))
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8, loc="lower right")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
+def write_outputs(out: Path, result: dict[str, Any]) -> None:
+    """``out`` (JSON) plus the ``.md`` table and the ``.png`` plot next to it."""
+    write_json(out, result)
+    name = Path(result["model"]).stem
+    title = f"Steps vs quality: model {name}, {result['num']} molecules, seed {result['seed']}"
+    md = Path(out).with_suffix(".md")
+    md.write_text(markdown(result["rows"], title))
+    plot(result["rows"], Path(out).with_suffix(".png"), title)
+    print(md.read_text())
+
+
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="qm9", help="shipped model name or checkpoint path")
@@ -77,7 +115,19 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap.add_argument("--out", type=Path, default=None, help="JSON path (the .md goes next to it)")
     ap.add_argument("--make-random-checkpoint", type=Path, default=None, metavar="PATH",
                     help="only write a random tiny checkpoint to PATH and exit")
+    ap.add_argument("--merge", nargs="+", type=Path, default=None, metavar="JSON",
+                    help="only join the rows of these result files into --out (.json, .md, .png)")
     args = ap.parse_args(argv)
+    if args.merge:
+        import json
+
+        parts = [json.loads(p.read_text()) for p in args.merge]
+        if len({(p["model"], p["num"], p["seed"]) for p in parts}) != 1:
+            raise SystemExit("--merge: the files differ in model, --num or --seed")
+        result = {**parts[0], "rows": [r for p in parts for r in p["rows"]],
+                  "merged_from": [str(p) for p in args.merge]}
+        write_outputs(args.out or RESULTS / f"steps_vs_quality_{Path(result['model']).stem}.json", result)
+        return result["rows"]
     tune_cpu_allocator()  # as the CLI does; MOLDIFF_TUNE_MALLOC=0 measures without it
     if args.make_random_checkpoint is not None:
         print(f"wrote {make_random_checkpoint(args.make_random_checkpoint)}")
@@ -107,13 +157,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             print(f"{sampler:9s} {steps:5d} steps: atom {100 * row['atom_stability']:.1f}%  "
                   f"mol {100 * row['mol_stability']:.1f}%  valid {100 * row['validity']:.1f}%  "
                   f"{seconds:.1f} s")
-    name = Path(args.model).stem
-    out = args.out or RESULTS / f"steps_vs_quality_{name}.json"
-    write_json(out, {"model": args.model, "num": args.num, "seed": args.seed,
-                     "machine": machine(args.device, torch.get_num_threads()), "rows": rows})
-    md = Path(out).with_suffix(".md")
-    md.write_text(markdown(rows, f"Steps vs quality: model {name}, {args.num} molecules, seed {args.seed}"))
-    print(md.read_text())
+    out = args.out or RESULTS / f"steps_vs_quality_{Path(args.model).stem}.json"
+    write_outputs(out, {"model": args.model, "num": args.num, "seed": args.seed,
+                        "machine": machine(args.device, torch.get_num_threads()), "rows": rows})
     return rows
 
 
