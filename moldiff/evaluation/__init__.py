@@ -2,32 +2,29 @@
 
 A leaf package: it imports only :mod:`moldiff.constants` and :mod:`moldiff.io` from moldiff, plus
 numpy, RDKit, pandas and PoseBusters. Metric definitions and units: ``docs/metrics.md``.
+
+The names below load on first use (PEP 562), so that the numpy-only EDM stability check
+(:mod:`moldiff.evaluation.stability`, used by the trainer) imports on a machine without RDKit,
+e.g. a GPU box that only trains (``benchmarks/gpu/train_resume.py``).
 """
 
-from moldiff.evaluation.build import Molecule, build_edm_mol, to_molecule, to_molecules
-from moldiff.evaluation.reference import edm_reference_smiles, load_reference_smiles, save_reference_smiles
-from moldiff.evaluation.report import CHECKS, DEFAULT_CHECKS, SUMMARY_KEYS, evaluate_molecules, summarize
-from moldiff.evaluation.stability import bond_order, bond_order_matrix, check_stability
-from moldiff.evaluation.validity import edm_validity, novelty, perceive_bonds_rdkit, uniqueness
+from __future__ import annotations
 
-__all__ = [
-    "CHECKS",
-    "DEFAULT_CHECKS",
-    "SUMMARY_KEYS",
-    "Molecule",
-    "bond_order",
-    "bond_order_matrix",
-    "build_edm_mol",
-    "check_stability",
-    "edm_reference_smiles",
-    "edm_validity",
-    "evaluate_molecules",
-    "load_reference_smiles",
-    "novelty",
-    "perceive_bonds_rdkit",
-    "save_reference_smiles",
-    "summarize",
-    "to_molecule",
-    "to_molecules",
-    "uniqueness",
-]
+import importlib
+
+_LAZY = {
+    "Molecule": "build", "build_edm_mol": "build", "to_molecule": "build", "to_molecules": "build",
+    "edm_reference_smiles": "reference", "load_reference_smiles": "reference", "save_reference_smiles": "reference",
+    "CHECKS": "report", "DEFAULT_CHECKS": "report", "SUMMARY_KEYS": "report", "evaluate_molecules": "report",
+    "summarize": "report",
+    "bond_order": "stability", "bond_order_matrix": "stability", "check_stability": "stability",
+    "edm_validity": "validity", "novelty": "validity", "perceive_bonds_rdkit": "validity", "uniqueness": "validity",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"moldiff.evaluation.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'moldiff.evaluation' has no attribute {name!r}")
