@@ -6,11 +6,10 @@ receives a whole config. Unknown keys are rejected with ``ValueError``. Imports 
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 _INT_FIELDS = frozenset({"max_molecules", "hidden_nf", "n_layers", "timesteps", "batch_size", "epochs", "max_steps"})
 
@@ -200,7 +199,7 @@ class ExperimentConfig:
             bad = set(sub) - allowed
             if bad:
                 raise ValueError(f"unknown key(s) {sorted(bad)} in section {name!r}; allowed: {sorted(allowed)}")
-            built[name] = kind(**sub)
+            built[name] = kind(**_numbers_from_strings(name, kind, sub))
         return cls(**built)
 
     def override(self, **sections: dict[str, Any]) -> ExperimentConfig:
@@ -213,12 +212,20 @@ class ExperimentConfig:
         return ExperimentConfig.from_dict(d)
 
     def save_yaml(self, path: str | Path) -> None:
-        """Write the full config as YAML."""
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        """Write the full config as YAML (as JSON, which is YAML too, where PyYAML is absent)."""
+        try:  # imported here: training must run where PyYAML is missing (the GPU image has none)
+            import yaml
+        except ImportError:
+            text = json.dumps(self.to_dict(), indent=2) + "\n"
+        else:
+            text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        Path(path).write_text(text)
 
     @classmethod
     def load_yaml(cls, path: str | Path) -> ExperimentConfig:
         """Load a YAML overlay on the defaults; raises ``ValueError`` on unknown keys or bad YAML."""
+        import yaml
+
         p = Path(path)
         if not p.is_file():
             raise ValueError(f"config file not found: {p}")
@@ -229,6 +236,19 @@ class ExperimentConfig:
         if d is not None and not isinstance(d, dict):
             raise ValueError(f"config file {p} must hold a mapping at top level")
         return cls.from_dict(d)
+
+
+def _numbers_from_strings(section: str, kind: type, values: dict[str, Any]) -> dict[str, Any]:
+    """Read strings given for float fields as numbers: PyYAML (YAML 1.1) loads ``1e-4`` as a string."""
+    out = dict(values)
+    for f in fields(kind):
+        value = out.get(f.name)
+        if isinstance(value, str) and f.type in ("float", "float | None"):
+            try:
+                out[f.name] = float(value)
+            except ValueError:
+                raise ValueError(f"{section}.{f.name} must be a number, got {value!r}") from None
+    return out
 
 
 def _plain(obj: Any) -> Any:

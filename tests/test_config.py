@@ -227,3 +227,18 @@ def test_config_without_newer_model_fields_gets_defaults():
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_valid_precisions(precision):
     assert ModelConfig(precision=precision).precision == precision
+
+
+def test_exponent_floats_without_a_dot_load_as_numbers(tmp_path):
+    # PyYAML follows YAML 1.1, where `1e-4` (no dot) is a string; every float field reads it as a number
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lr: 1e-4\n  weight_decay: 1e-12\ndiffusion:\n  noise_precision: 1e-5\n")
+    cfg = ExperimentConfig.load_yaml(path)
+    assert (cfg.train.lr, cfg.train.weight_decay, cfg.diffusion.noise_precision) == (1e-4, 1e-12, 1e-5)
+
+
+def test_non_numeric_string_for_a_float_field_is_named(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  weight_decay: lots\n")
+    with pytest.raises(ValueError, match=r"train.weight_decay must be a number, got 'lots'"):
+        ExperimentConfig.load_yaml(path)

@@ -1,4 +1,5 @@
-"""Training and sampling import without RDKit (the GPU image has none): ``moldiff.evaluation`` is lazy."""
+"""Training and sampling work without RDKit or PyYAML (the GPU image has neither): ``moldiff.evaluation``
+loads lazily and ``ExperimentConfig.save_yaml`` falls back to JSON."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ BLOCK_RDKIT = """
 import sys
 class Block:
     def find_spec(self, name, path=None, target=None):
-        if name.split('.')[0] in ('rdkit', 'posebusters'):
+        if name.split('.')[0] in ('rdkit', 'posebusters', 'yaml'):
             raise ImportError('No module named ' + repr(name))
 sys.meta_path.insert(0, Block())
 """
@@ -40,3 +41,11 @@ def test_lazy_names_match_all():
 
     for name in ev.__all__:
         assert getattr(ev, name) is not None
+
+
+def test_config_round_trips_as_json_yaml_without_pyyaml(tmp_path):
+    res = run(f"from moldiff.config import ExperimentConfig as C; C().save_yaml({str(tmp_path / 'c.yaml')!r})")
+    assert res.returncode == 0, res.stderr
+    from moldiff.config import ExperimentConfig
+
+    assert ExperimentConfig.load_yaml(tmp_path / "c.yaml") == ExperimentConfig()
