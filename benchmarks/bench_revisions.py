@@ -152,12 +152,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                      capture_output=True, text=True, check=True, cwd=tmp).stdout
                 seconds = json.loads(out.strip().splitlines()[-1])["seconds"]
             times.setdefault((workload, name), []).append(seconds)
+    spec = {name: (revision_id(rev), malloc) for name, rev, malloc in args.variant}
     rows = []
     for (workload, name), ts in times.items():
-        rev, malloc = next((r, m) for n, r, m in args.variant if n == name)
         count = 64 * args.train_steps if workload == "train" else args.sample_num
         med = statistics.median(ts)
-        rows.append({"workload": workload, "variant": name, "revision": revision_id(rev), "malloc_tuning": malloc,
+        rows.append({"workload": workload, "variant": name, "revision": spec[name][0], "malloc_tuning": spec[name][1],
                      "seconds": med, "mol_per_s": count / med, "times": ts})
         print(f"{workload:6s} {name:24s} {med:8.3f} s  {count / med:8.1f} mol/s  {[round(t, 2) for t in ts]}")
     from bench_sampling import machine, write_json  # noqa: E402 - after the children, keeps the parent light

@@ -65,12 +65,10 @@ def evaluate(process, elements: list[str], hist: dict, num: int, steps: int, met
         _, summary = evaluate_molecules(mols)
         res = {k: summary.get(k) for k in SUMMARY}
     except ImportError as exc:  # EDM stability needs only numpy; validity and the rest need RDKit
-        from moldiff.evaluation.stability import check_stability
+        from moldiff.evaluation.stability import stability_fractions
 
-        checks = [check_stability(sym, pos) for sym, pos in mols]
-        res = {"atom_stability": sum(c[1] for c in checks) / max(sum(c[2] for c in checks), 1),
-               "mol_stability": sum(c[0] for c in checks) / max(len(checks), 1),
-               "note": f"RDKit metrics skipped: {exc}"}
+        atom, mol = stability_fractions(mols)
+        res = {"atom_stability": atom, "mol_stability": mol, "note": f"RDKit metrics skipped: {exc}"}
     res.update(num=num, steps=steps, method=method, precision=precision, sample_seconds=seconds)
     return res
 

@@ -17,7 +17,7 @@ See ``shared/reference/edm_protocol.md`` §1 and ``docs/metrics.md``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -193,6 +193,20 @@ def check_stability(symbols: Sequence[str], pos: np.ndarray) -> tuple[bool, int,
     stable = _stable_atoms(element_indices(symbols), orders.sum(1, dtype=np.int64))
     n_stable = int(stable.sum())
     return n_stable == len(symbols), n_stable, len(symbols)
+
+
+def stability_fractions(molecules: Iterable[tuple[Sequence[str], np.ndarray]]) -> tuple[float, float]:
+    """EDM ``(atom_stability, mol_stability)`` fractions of ``(symbols, pos)`` pairs (0 for none).
+
+    >>> ch4 = np.array([[0, 0, 0], [0.63, 0.63, 0.63], [-0.63, -0.63, 0.63],
+    ...                 [-0.63, 0.63, -0.63], [0.63, -0.63, -0.63]])
+    >>> stability_fractions([(["C", "H", "H", "H", "H"], ch4), (["C"], np.zeros((1, 3)))])
+    (0.8333333333333334, 0.5)
+    """
+    checks = [check_stability(symbols, pos) for symbols, pos in molecules]
+    atoms = sum(n_atoms for _, _, n_atoms in checks)
+    return (sum(n_ok for _, n_ok, _ in checks) / max(atoms, 1),
+            sum(ok for ok, _, _ in checks) / max(len(checks), 1))
 
 
 def batch_stability(

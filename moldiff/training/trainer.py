@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from moldiff.conditioning import drop_context, with_keep_flags
 from moldiff.config import ExperimentConfig
 from moldiff.diffusion.process import EquivariantDiffusion
-from moldiff.evaluation.stability import check_stability
+from moldiff.evaluation.stability import stability_fractions
 from moldiff.sampling.priors import NodeCountDistribution
 from moldiff.sampling.sampler import Sampler
 from moldiff.training.checkpoint import load_checkpoint, save_checkpoint
@@ -65,13 +65,8 @@ def quick_stability(process: EquivariantDiffusion, elements: list[str], num_atom
                     seed: int, context: torch.Tensor | None = None) -> tuple[float, float]:
     """Sample one molecule per entry of ``num_atoms`` and return EDM (atom, molecule) stability fractions."""
     out = Sampler(process).sample(num_atoms, steps=steps, seed=seed, context=context)
-    stable_mols = stable_atoms = total_atoms = 0
-    for types, pos in out.split():
-        ok, n_ok, n_at = check_stability([elements[i] for i in types.tolist()], pos.double().numpy())
-        stable_mols += int(ok)
-        stable_atoms += n_ok
-        total_atoms += n_at
-    return stable_atoms / max(total_atoms, 1), stable_mols / max(out.num_graphs, 1)
+    return stability_fractions(([elements[i] for i in types.tolist()], pos.double().numpy())
+                               for types, pos in out.split())
 
 
 @dataclass
