@@ -85,7 +85,7 @@ def generator_checkpoint(prop: str, args: argparse.Namespace, work: Path) -> Pat
 
 def ensure_property_distribution(path: Path, arrays, prop: str) -> None:
     """Store D_b's ``p(c | N)`` (1000 bins per N) in the checkpoint if it lacks it."""
-    if "property_distribution" in torch.load(path, map_location="cpu", weights_only=False)["stats"]:
+    if "property_distribution" in load_checkpoint(path)["stats"]:
         return
     rows = get_split("second_half", "qm9")
     dist = PropertyDistribution.from_values(torch.as_tensor(arrays.n_atoms[rows]),

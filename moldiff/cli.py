@@ -99,7 +99,14 @@ def _run_train(args: argparse.Namespace) -> int:
         config = config.override(data={"conditioning": list(props)})
     if args.resume and args.init:
         raise CLIError("use either --resume or --init, not both")
-    state = run_training(config, args.out, resume=args.resume, init=args.init)
+    init = None
+    if args.init:
+        from moldiff.pipeline import resolve_checkpoint
+
+        init = resolve_checkpoint(args.init)  # a shipped model name (e.g. qm9) or a checkpoint path
+        if not init.is_file():
+            raise CLIError(f"--init: checkpoint not found: {init}")
+    state = run_training(config, args.out, resume=args.resume, init=init)
     print(f"trained {state.step} steps ({state.epoch} full epochs) in {state.elapsed_s:.0f} s; "
           f"checkpoints in {args.out}")
     return 0

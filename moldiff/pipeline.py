@@ -19,7 +19,7 @@ from moldiff.config import ExperimentConfig
 from moldiff.diffusion.process import EquivariantDiffusion
 from moldiff.sampling.priors import NodeCountDistribution
 from moldiff.sampling.sampler import SAMPLERS, Sampler
-from moldiff.training.checkpoint import load_checkpoint
+from moldiff.training.checkpoint import load_checkpoint, load_state
 from moldiff.training.factory import build_process
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
@@ -184,21 +184,38 @@ def from_checkpoint(path: str | Path, device: str | torch.device = "cpu", use_em
         config = ExperimentConfig.from_dict(payload["config"])
         stats = payload["stats"]
         process = build_process(config, len(stats["elements"]), int(stats.get("context_nf", 0)))
-        process.load_state_dict(payload["ema" if use_ema else "model"])
-    except (KeyError, RuntimeError, TypeError) as exc:
-        raise ValueError(f"checkpoint {path} does not match this moldiff version: {str(exc).splitlines()[0]}") from None
+    except (KeyError, RuntimeError, TypeError, AttributeError, IndexError) as exc:
+        msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ValueError(f"checkpoint {path} does not match this moldiff version: {msg}") from None
+    load_state(process, payload["ema" if use_ema else "model"], path)
     process.to(device).eval()
-    return MolDiff(process, config, stats, name=str(path), info=payload.get("info", {}))
+    info = payload.get("info", {})
+    return MolDiff(process, config, stats, name=str(path), info=info if isinstance(info, dict) else {})
+
+
+def resolve_checkpoint(name_or_path: str | Path) -> Path:
+    """Path of a shipped model name (``moldiff.shipped_models()``) or of a checkpoint file.
+
+    Raises ``ValueError`` naming the shipped models when ``name_or_path`` is neither.
+    """
+    p = Path(name_or_path)
+    if p.suffix == ".pt" or p.exists():
+        return p
+    shipped = PRETRAINED_DIR / f"{name_or_path}.pt"
+    if not shipped.is_file():
+        raise ValueError(f"unknown model {str(name_or_path)!r}; shipped models: {', '.join(shipped_models())} "
+                         "(or give a .pt path)")
+    return shipped
 
 
 def load_model(name_or_path: str = "qm9", device: str | torch.device = "cpu") -> MolDiff:
-    """Load a shipped model by name (``moldiff.shipped_models()``) or any checkpoint path."""
-    p = Path(name_or_path)
-    if p.suffix == ".pt" or p.exists():
-        return from_checkpoint(p, device)
-    shipped = PRETRAINED_DIR / f"{name_or_path}.pt"
-    if not shipped.is_file():
-        raise ValueError(f"unknown model {name_or_path!r}; shipped models: {shipped_models()} (or give a .pt path)")
-    model = from_checkpoint(shipped, device)
-    model.name = name_or_path
+    """Load a shipped model by name (``moldiff.shipped_models()``) or any checkpoint path.
+
+    Checkpoints are read with ``torch.load(weights_only=True)``: a file holding anything but plain
+    data and tensors is refused (``ValueError``) without running any of it.
+    """
+    path = resolve_checkpoint(name_or_path)
+    model = from_checkpoint(path, device)
+    if path.parent == PRETRAINED_DIR and not Path(name_or_path).exists():
+        model.name = str(name_or_path)
     return model

@@ -98,7 +98,7 @@ def test_conditional_train_and_sample(tmp_path, capsys):
     assert main(["train", "--config", str(TINY), "--condition", "alpha", "--out", str(run)]) == 0
     import torch
 
-    stats = torch.load(run / "last.pt", weights_only=False)["stats"]
+    stats = torch.load(run / "last.pt", weights_only=True)["stats"]
     assert stats["conditioning"] == ["alpha"] and "property_distribution" in stats
     out = tmp_path / "c.xyz"
     assert main(["sample", "--model", str(run / "last.pt"), "--target", "alpha=80", "--num", "3",

@@ -2,6 +2,10 @@
 
 Everything ``moldiff sample`` needs travels in the file (vocabulary, ``p(N)`` histogram,
 normalisation, property statistics), so sampling needs no dataset. Files are written atomically.
+
+Checkpoints hold plain types only (dicts, lists, strings, numbers, tensors) and are read with
+``torch.load(..., weights_only=True)``: a file that would need to unpickle any other object (and so
+could run code while loading) is refused before anything in it runs.
 """
 
 from __future__ import annotations
@@ -17,11 +21,37 @@ FORMAT_VERSION = 1
 _REQUIRED = ("format_version", "config", "stats", "model", "ema")
 
 
+def to_plain(obj: Any) -> Any:
+    """``obj`` with NumPy scalars/arrays, tuples and paths turned into types ``weights_only`` loading accepts.
+
+    Dicts, lists, tuples, strings, numbers, ``None`` and tensors pass through (recursively);
+    NumPy arrays become tensors, NumPy scalars Python numbers, paths strings. Anything else raises
+    ``TypeError`` at save time, rather than producing a file that loads only unsafely.
+    """
+    import numpy as np
+
+    if obj is None or isinstance(obj, (bool, int, float, str, bytes, torch.Tensor, torch.dtype, torch.device)):
+        return obj
+    if isinstance(obj, dict):
+        return {to_plain(k): to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [to_plain(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(to_plain(v) for v in obj)
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj)) if obj.dtype.kind in "biuf" else to_plain(obj.tolist())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot store a {type(obj).__name__} in a checkpoint (plain data and tensors only)")
+
+
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     """Atomically write ``payload`` (must hold ``config``, ``stats``, ``model``, ``ema``)."""
     from moldiff import __version__
 
-    payload = dict(payload)
+    payload = to_plain(dict(payload))
     payload.setdefault("format_version", FORMAT_VERSION)
     payload.setdefault("moldiff_version", __version__)
     missing = [k for k in _REQUIRED if k not in payload]
@@ -44,15 +74,48 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"checkpoint not found: {path}")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as exc:  # torch raises many types for truncated / non-checkpoint files
-        raise ValueError(f"checkpoint {path} is corrupt or not a moldiff checkpoint ({type(exc).__name__})") from None
+    payload = safe_torch_load(path, map_location=map_location, what="checkpoint")
     if not isinstance(payload, dict) or any(k not in payload for k in _REQUIRED):
         raise ValueError(f"checkpoint {path} is not a moldiff checkpoint (missing keys)")
     if payload["format_version"] > FORMAT_VERSION:
         raise ValueError(f"checkpoint {path} has format {payload['format_version']}, newer than this moldiff")
     return payload
+
+
+def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu", what: str = "file") -> Any:
+    """``torch.load`` restricted to plain types and tensors (``weights_only=True``); ``ValueError`` otherwise.
+
+    A pickle that references any other callable (``os.system``, a class, ...) is refused by torch's
+    restricted unpickler before the reference is resolved, so nothing in the file runs.
+    """
+    import pickle
+    import warnings
+
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():  # e.g. torch's "pickle protocol 4" notice on a foreign pickle
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:  # weights_only refused a global: possibly hostile, never run
+        if "weights_only" in str(exc) or "global" in str(exc).lower():
+            raise ValueError(f"{what} {path} refused: it holds pickled objects other than plain data and "
+                             "tensors (loading it could run code)") from None
+        raise ValueError(f"{what} {path} is corrupt or not a moldiff {what} (UnpicklingError)") from None
+    except MemoryError:
+        raise ValueError(f"{what} {path} is corrupt or not a moldiff {what} (MemoryError)") from None
+    except Exception as exc:  # torch raises many types for truncated / non-checkpoint files
+        raise ValueError(f"{what} {path} is corrupt or not a moldiff {what} ({type(exc).__name__})") from None
+
+
+def load_state(module: torch.nn.Module, state_dict: Any, path: str | Path, what: str = "weights") -> None:
+    """``module.load_state_dict`` with a one-line ``ValueError`` when the checkpoint's architecture differs."""
+    try:
+        module.load_state_dict(state_dict)
+    except (RuntimeError, TypeError, AttributeError, KeyError, ValueError) as exc:
+        first = str(exc).strip().splitlines()
+        detail = next((ln.strip() for ln in first[1:] if ln.strip()), first[0] if first else type(exc).__name__)
+        raise ValueError(f"checkpoint {path} does not fit this model's architecture ({what}: "
+                         f"{detail[:200]}); check the config (hidden_nf, n_layers, elements, conditioning)") from None
 
 
 def export_checkpoint(src: str | Path, dst: str | Path, info: dict[str, Any] | None = None) -> dict[str, Any]:

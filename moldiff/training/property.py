@@ -119,15 +119,29 @@ def train_property_predictor(
 def save_predictor(path: str | Path, model: PropertyPredictor, key: str, norm: tuple[float, float],
                    elements: Sequence[str], info: dict[str, Any] | None = None) -> None:
     """Write φ_c with its property name, normalisation and vocabulary to one file."""
-    torch.save({"hparams": model.hparams(), "state_dict": model.state_dict(), "key": key, "norm": list(norm),
-                "elements": list(elements), "info": dict(info or {})}, Path(path))
+    from moldiff.training.checkpoint import to_plain
+
+    payload = {"hparams": model.hparams(), "state_dict": model.state_dict(), "key": key,
+               "norm": [float(x) for x in norm], "elements": [str(e) for e in elements], "info": dict(info or {})}
+    torch.save(to_plain(payload), Path(path))
 
 
 def load_predictor(path: str | Path) -> tuple[PropertyPredictor, dict[str, Any]]:
     """Inverse of :func:`save_predictor`: ``(model, {"key", "norm", "elements", "info"})``."""
-    payload = torch.load(Path(path), map_location="cpu", weights_only=False)
-    model = PropertyPredictor(**payload["hparams"])
-    model.load_state_dict(payload["state_dict"])
+    from moldiff.training.checkpoint import load_state, safe_torch_load
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"property classifier not found: {path}")
+    payload = safe_torch_load(path, what="property classifier")
+    keys = ("hparams", "state_dict", "key", "norm", "elements", "info")
+    if not isinstance(payload, dict) or any(k not in payload for k in keys) or not isinstance(payload["hparams"], dict):
+        raise ValueError(f"property classifier {path} is not a moldiff property classifier (missing keys)")
+    try:
+        model = PropertyPredictor(**payload["hparams"])
+    except TypeError as exc:
+        raise ValueError(f"property classifier {path} has unknown hyperparameters ({exc})") from None
+    load_state(model, payload["state_dict"], path, what="property classifier")
     return model.eval(), {k: payload[k] for k in ("key", "norm", "elements", "info")}
 
 

@@ -29,7 +29,7 @@ from moldiff.diffusion.process import EquivariantDiffusion
 from moldiff.evaluation.stability import stability_fractions
 from moldiff.sampling.priors import NodeCountDistribution
 from moldiff.sampling.sampler import Sampler
-from moldiff.training.checkpoint import load_checkpoint, save_checkpoint
+from moldiff.training.checkpoint import load_checkpoint, load_state, save_checkpoint
 from moldiff.types import MolBatch
 
 #: ``batches(epoch) -> iterator of MolBatch``; must be deterministic for a given epoch.
@@ -144,20 +144,24 @@ class Trainer:
         payload = load_checkpoint(path or self.out_dir / "last.pt", map_location=self.device)
         if "optimizer" not in payload:
             raise ValueError("checkpoint has no optimizer state; it cannot be resumed (use it as init instead)")
-        self.process.load_state_dict(payload["model"])
-        self.ema.load_state_dict(payload["ema"])
-        self.opt.load_state_dict(payload["optimizer"])
-        self.clipper = GradClipper(payload["clip_history"])
-        self.state = TrainState(**payload["state"])
-        self.gen.set_state(payload["rng"])  # rank 0's stream (only rank 0 writes checkpoints)
+        path = path or self.out_dir / "last.pt"
+        load_state(self.process, payload["model"], path)
+        load_state(self.ema, payload["ema"], path, what="EMA weights")
+        load_state(self.opt, payload["optimizer"], path, what="optimizer state")
+        try:
+            self.clipper = GradClipper(payload["clip_history"])
+            self.state = TrainState(**payload["state"])
+            self.gen.set_state(payload["rng"])  # rank 0's stream (only rank 0 writes checkpoints)
+        except (KeyError, TypeError, RuntimeError, ValueError) as exc:
+            raise ValueError(f"checkpoint {path} cannot be resumed: training state unreadable ({exc})") from None
         if self.rank > 0:  # other ranks derive their own stream from it, or every rank would draw the same t and noise
             self.gen.manual_seed(int(torch.randint(2**62, (1,), generator=self.gen)) + self.rank)
 
     def init_from(self, path: str | Path) -> None:
         """Start from the (EMA and raw) weights of another checkpoint, e.g. a shipped model."""
         payload = load_checkpoint(path, map_location=self.device)
-        self.process.load_state_dict(payload["model"])
-        self.ema.load_state_dict(payload["ema"])
+        load_state(self.process, payload["model"], path)
+        load_state(self.ema, payload["ema"], path, what="EMA weights")
 
     def _context(self, mb: MolBatch, train: bool) -> MolBatch:
         """Guidance training: ``[B, C]`` -> ``[c · keep, keep]``, nulled w.p. ``context_dropout`` when training."""
