@@ -70,6 +70,11 @@ ALLOWED_BONDS: Final[dict[str, int | tuple[int, ...]]] = {
     "Cl": 1, "As": 3, "Br": 1, "I": 1, "Hg": (1, 2), "Bi": (3, 5),
 }
 
+# --------------------------------------------------------------------------- bond types
+#: Bond-type codes stored in datasets and ``MolBatch.bond_type`` -> bond order (4 = aromatic, 1.5).
+#: Code 0 is free for "no bond" in models that predict bond types.
+BOND_ORDERS: Final[dict[int, float]] = {1: 1.0, 2: 2.0, 3: 3.0, 4: 1.5}
+
 # --------------------------------------------------------------------------- QM9 properties
 #: Conditioning targets of EDM and their units (gap/homo/lumo in meV, Cv thermo-subtracted).
 QM9_TARGETS: Final[dict[str, str]] = {

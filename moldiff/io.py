@@ -40,6 +40,7 @@ class MoleculeRecord:
         bonds: ``(i, j, order)`` triples from SDF (order 1, 2, 3 or 1.5 for aromatic); ``None`` for XYZ.
         properties: numeric SDF data fields (``> <name>``) of this record.
         error: why the record is malformed (only with ``strict=False``); ``None`` if it is fine.
+        formal_charges: ``n`` integer formal charges from SDF; ``None`` for XYZ.
     """
 
     name: str
@@ -48,6 +49,7 @@ class MoleculeRecord:
     bonds: list[tuple[int, int, float]] | None = None
     properties: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    formal_charges: list[int] | None = None
 
     @property
     def num_atoms(self) -> int:
@@ -254,7 +256,8 @@ def _sdf_record(chem: Any, block: str, name: str) -> MoleculeRecord:
     pos = np.asarray(mol.GetConformer().GetPositions(), dtype=np.float64).reshape(-1, 3)
     _check_positions(pos)
     bonds = [(b.GetBeginAtomIdx(), b.GetEndAtomIdx(), float(b.GetBondTypeAsDouble())) for b in mol.GetBonds()]
-    return MoleculeRecord(name=name, symbols=symbols, pos=pos, bonds=bonds, properties=_sdf_fields(block))
+    return MoleculeRecord(name=name, symbols=symbols, pos=pos, bonds=bonds, properties=_sdf_fields(block),
+                          formal_charges=[a.GetFormalCharge() for a in mol.GetAtoms()])
 
 
 def _sdf_fields(block: str) -> dict[str, float]:
@@ -393,3 +396,61 @@ def write_sdf(path: str | Path, mols: Iterable[Any]) -> None:
     """
     with molecule_writer(path, "sdf") as write:
         write(mols)
+
+
+def bonded_mol(
+    symbols: Sequence[str],
+    pos: np.ndarray,
+    bonds: Iterable[tuple[int, int, int]],
+    formal_charges: Sequence[int] | None = None,
+    name: str = "",
+) -> Any:
+    """An RDKit ``Mol`` with the GIVEN bonds and formal charges (nothing is inferred from coordinates).
+
+    Args:
+        symbols: ``n`` element symbols.
+        pos: ``[n, 3]`` positions in Å (the conformer).
+        bonds: ``(i, j, code)`` with 0-based atom indices and the bond-type codes of
+            :data:`moldiff.constants.BOND_ORDERS` (1 single, 2 double, 3 triple, 4 aromatic).
+        formal_charges: ``n`` formal charges (default: all 0).
+        name: title line.
+
+    Returns:
+        The molecule, sanitised when RDKit accepts it (else as given), ready for :func:`write_sdf`.
+
+    Raises:
+        ValueError: unknown element, bad shape, atom index out of range or unknown bond code.
+    """
+    from rdkit import Chem
+    from rdkit.Geometry import Point3D
+
+    # the codes of moldiff.constants.BOND_ORDERS
+    kinds = {1: Chem.BondType.SINGLE, 2: Chem.BondType.DOUBLE, 3: Chem.BondType.TRIPLE, 4: Chem.BondType.AROMATIC}
+    symbols, pos, name = _as_triplet((symbols, pos, name), 1)
+    rw = Chem.RWMol()
+    for k, sym in enumerate(symbols):
+        atom = Chem.Atom(sym)
+        if formal_charges is not None:
+            atom.SetFormalCharge(int(formal_charges[k]))
+        rw.AddAtom(atom)
+    for i, j, code in bonds:
+        i, j, code = int(i), int(j), int(code)
+        if code not in kinds or not (0 <= i < len(symbols) and 0 <= j < len(symbols)) or i == j:
+            raise ValueError(f"bad bond ({i}, {j}, {code}) for {len(symbols)} atoms (codes {sorted(kinds)})")
+        rw.AddBond(i, j, kinds[code])
+        if code == 4:
+            rw.GetBondBetweenAtoms(i, j).SetIsAromatic(True)
+            rw.GetAtomWithIdx(i).SetIsAromatic(True)
+            rw.GetAtomWithIdx(j).SetIsAromatic(True)
+    conf = Chem.Conformer(len(symbols))
+    for k, (x, y, z) in enumerate(pos):
+        conf.SetAtomPosition(k, Point3D(float(x), float(y), float(z)))
+    mol = rw.GetMol()
+    mol.AddConformer(conf, assignId=True)
+    if name:
+        mol.SetProp("_Name", name)
+    try:
+        Chem.SanitizeMol(mol)
+    except Exception:  # noqa: BLE001 - an unsanitisable molecule is still written as given
+        mol.UpdatePropertyCache(strict=False)
+    return mol

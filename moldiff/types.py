@@ -23,6 +23,11 @@ class MolBatch:
         batch: ``[N]`` long, molecule index of each atom (sorted, 0..B-1).
         num_graphs: ``B``.
         context: ``[B, C]`` conditioning properties (already normalised) or ``None``.
+        bond_index: ``[2, E]`` long, each bond once as global atom indices ``i < j``, or ``None``
+            (datasets without bonds).
+        bond_type: ``[E]`` long bond-type codes (1 single, 2 double, 3 triple, 4 aromatic; see
+            ``moldiff.constants.BOND_ORDERS``), or ``None``.
+        formal_charge: ``[N]`` long formal charges, or ``None``.
     """
 
     pos: torch.Tensor
@@ -31,6 +36,9 @@ class MolBatch:
     batch: torch.Tensor
     num_graphs: int
     context: torch.Tensor | None = None
+    bond_index: torch.Tensor | None = None
+    bond_type: torch.Tensor | None = None
+    formal_charge: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> MolBatch:
         """Return a copy on ``device``."""
@@ -42,6 +50,8 @@ class MolBatch:
             charges=self.charges.to(device),
             batch=self.batch.to(device),
             context=ctx,
+            **{k: getattr(self, k).to(device) for k in ("bond_index", "bond_type", "formal_charge")
+               if getattr(self, k) is not None},
         )
 
     @property

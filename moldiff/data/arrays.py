@@ -3,6 +3,16 @@
 All atoms of all molecules live in one ``[A, 3]`` position array; ``ptr`` holds the offsets, so
 molecule ``i`` owns atoms ``ptr[i]:ptr[i+1]`` (PyG's CSR convention). The arrays are saved to and
 loaded from one uncompressed ``.npz`` file, which reloads in well under a second.
+
+Optional chemistry (datasets imported from SDF or built from SMILES carry it; QM9 does not):
+
+* bonds, stored the same way: ``bond_ptr [M + 1]`` offsets, so molecule ``i`` owns bonds
+  ``bond_ptr[i]:bond_ptr[i+1]``; ``bond_index [E, 2]`` holds each bond once as *molecule-local*
+  atom indices ``(i, j)`` with ``i < j``; ``bond_type [E]`` holds the code of
+  :data:`moldiff.constants.BOND_ORDERS`: 1 single, 2 double, 3 triple, 4 aromatic.
+* ``formal_charge [A]`` int8 per-atom formal charges.
+
+Files with either are written as layout version 2; files without stay version 1.
 """
 
 from __future__ import annotations
@@ -13,11 +23,21 @@ from pathlib import Path
 
 import numpy as np
 
-from moldiff.constants import ATOMIC_NUMBERS, SYMBOLS
+from moldiff.constants import ATOMIC_NUMBERS, BOND_ORDERS, SYMBOLS
 
-#: Version of the ``.npz`` layout written by :meth:`MoleculeArrays.save`.
-FORMAT_VERSION = 1
+#: Version of the ``.npz`` layout written by :meth:`MoleculeArrays.save` (2: with bonds / formal charges).
+FORMAT_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
 _PROP_PREFIX = "prop__"
+_CHEMISTRY_KEYS = ("bond_index", "bond_type", "bond_ptr", "formal_charge")
+
+#: One molecule's bonds: ``[(i, j, code), ...]`` with molecule-local atom indices and the codes of
+#: :data:`~moldiff.constants.BOND_ORDERS`.
+BondList = Sequence[tuple[int, int, int]]
+
+
+def _offsets(counts: np.ndarray) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
 
 
 def atom_ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -56,6 +76,10 @@ class MoleculeArrays:
         index: ``[M]`` int64 source index of every molecule (QM9: the 1-based GDB index).
         properties: name -> ``[M]`` float64 per-molecule property.
         smiles: ``[M]`` str SMILES or ``None``.
+        bond_index: ``[E, 2]`` int32 molecule-local atom pairs ``i < j``, or ``None`` (no bonds stored).
+        bond_type: ``[E]`` uint8 bond-type codes (1, 2, 3, 4 = aromatic), or ``None``.
+        bond_ptr: ``[M + 1]`` int64 bond offsets, or ``None``.
+        formal_charge: ``[A]`` int8 formal charges, or ``None``.
     """
 
     pos: np.ndarray
@@ -66,6 +90,10 @@ class MoleculeArrays:
     index: np.ndarray
     properties: Mapping[str, np.ndarray] = field(default_factory=dict)
     smiles: np.ndarray | None = None
+    bond_index: np.ndarray | None = None
+    bond_type: np.ndarray | None = None
+    bond_ptr: np.ndarray | None = None
+    formal_charge: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         m, a = len(self.ptr) - 1, len(self.atomic_numbers)
@@ -81,6 +109,31 @@ class MoleculeArrays:
         known = {ATOMIC_NUMBERS[s] for s in self.elements}
         if a and not set(np.unique(self.atomic_numbers).tolist()) <= known:
             raise ValueError(f"atoms outside the element vocabulary {self.elements}")
+        if self.smiles is not None and len(self.smiles) != m:
+            raise ValueError(f"smiles must have {m} entries")
+        if self.formal_charge is not None and np.shape(self.formal_charge) != (a,):
+            raise ValueError(f"formal_charge must have shape [{a}], got {list(np.shape(self.formal_charge))}")
+        self._check_bonds()
+
+    def _check_bonds(self) -> None:
+        parts = (self.bond_index, self.bond_type, self.bond_ptr)
+        if all(p is None for p in parts):
+            return
+        if any(p is None for p in parts):
+            raise ValueError("bond_index, bond_type and bond_ptr must be given together")
+        bptr, e = self.bond_ptr, len(self.bond_type)
+        if len(bptr) != len(self.ptr) or bptr[0] != 0 or bptr[-1] != e or np.any(np.diff(bptr) < 0):
+            raise ValueError(f"bond_ptr must have {len(self.ptr)} entries rising from 0 to the number of bonds ({e})")
+        if np.shape(self.bond_index) != (e, 2):
+            raise ValueError(f"bond_index must have shape [{e}, 2], got {list(np.shape(self.bond_index))}")
+        if e:
+            n_of_bond = np.repeat(self.n_atoms, np.diff(bptr))
+            if np.any(self.bond_index < 0) or np.any(self.bond_index >= n_of_bond[:, None]):
+                raise ValueError("bond_index holds an atom index outside its molecule")
+            if np.any(self.bond_index[:, 0] == self.bond_index[:, 1]):
+                raise ValueError("bond_index holds a bond of an atom to itself")
+            if not set(np.unique(self.bond_type).tolist()) <= set(BOND_ORDERS):
+                raise ValueError(f"bond_type codes must be in {sorted(BOND_ORDERS)}")
 
     # ------------------------------------------------------------------ views
     @property
@@ -106,6 +159,27 @@ class MoleculeArrays:
         return lut[self.atomic_numbers]
 
     @property
+    def has_bonds(self) -> bool:
+        """Whether bonds are stored."""
+        return self.bond_ptr is not None
+
+    @property
+    def n_bonds(self) -> np.ndarray:
+        """``[M]`` int64 bond count of every molecule (raises if no bonds are stored)."""
+        if self.bond_ptr is None:
+            raise ValueError("this molecule set stores no bonds")
+        return np.diff(self.bond_ptr)
+
+    def bonds(self, i: int) -> list[tuple[int, int, int]]:
+        """``[(i, j, code), ...]`` molecule-local bonds of molecule ``i`` (raises if none are stored)."""
+        i = range(self.num_molecules)[i]
+        if self.bond_ptr is None:
+            raise ValueError("this molecule set stores no bonds")
+        lo, hi = int(self.bond_ptr[i]), int(self.bond_ptr[i + 1])
+        pairs, codes = self.bond_index[lo:hi].tolist(), self.bond_type[lo:hi].tolist()
+        return [(a, b, t) for (a, b), t in zip(pairs, codes, strict=True)]
+
+    @property
     def batch(self) -> np.ndarray:
         """``[A]`` int64 molecule index of every atom."""
         return np.repeat(np.arange(self.num_molecules, dtype=np.int64), self.n_atoms)
@@ -125,36 +199,108 @@ class MoleculeArrays:
         rows = rows % max(self.num_molecules, 1)
         counts = self.n_atoms[rows]
         atoms = atom_ranges(self.ptr[rows], counts)
+        bonds: dict[str, np.ndarray | None] = {}
+        if self.bond_ptr is not None:
+            b_counts = self.n_bonds[rows]
+            sel = atom_ranges(self.bond_ptr[rows], b_counts)
+            bonds = {"bond_index": self.bond_index[sel], "bond_type": self.bond_type[sel],
+                     "bond_ptr": _offsets(b_counts)}
         return MoleculeArrays(
             pos=self.pos[atoms],
             atomic_numbers=self.atomic_numbers[atoms],
-            ptr=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+            ptr=_offsets(counts),
             elements=self.elements,
             names=self.names[rows],
             index=self.index[rows],
             properties={k: v[rows] for k, v in self.properties.items()},
             smiles=None if self.smiles is None else self.smiles[rows],
+            formal_charge=None if self.formal_charge is None else self.formal_charge[atoms],
+            **bonds,
         )
 
     def remove_hydrogens(self) -> MoleculeArrays:
-        """Drop every hydrogen atom (EDM's ``remove_h``); ``"H"`` leaves the vocabulary."""
+        """Drop every hydrogen atom (EDM's ``remove_h``); ``"H"`` leaves the vocabulary.
+
+        Bonds to hydrogens are dropped and the remaining bonds renumbered; formal charges are kept
+        on the heavy atoms (the SMILES, if stored, still describes the full molecule).
+        """
         keep = self.atomic_numbers != 1
         counts = np.bincount(self.batch[keep], minlength=self.num_molecules)
+        bonds: dict[str, np.ndarray | None] = {}
+        if self.bond_ptr is not None:
+            bond_mol = np.repeat(np.arange(self.num_molecules), self.n_bonds)
+            glob = self.bond_index.astype(np.int64) + self.ptr[bond_mol][:, None]
+            keep_bond = keep[glob].all(axis=1)
+            # new local index of every kept atom: its rank among the kept atoms of its molecule
+            new_global = np.cumsum(keep) - 1
+            new_ptr = _offsets(counts)
+            local = new_global[glob[keep_bond]] - new_ptr[bond_mol[keep_bond]][:, None]
+            bonds = {"bond_index": local.astype(np.int32), "bond_type": self.bond_type[keep_bond],
+                     "bond_ptr": _offsets(np.bincount(bond_mol[keep_bond], minlength=self.num_molecules))}
         return MoleculeArrays(
             pos=self.pos[keep],
             atomic_numbers=self.atomic_numbers[keep],
-            ptr=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+            ptr=_offsets(counts),
             elements=tuple(s for s in self.elements if s != "H"),
             names=self.names,
             index=self.index,
             properties=dict(self.properties),
             smiles=self.smiles,
+            formal_charge=None if self.formal_charge is None else self.formal_charge[keep],
+            **bonds,
+        )
+
+    @classmethod
+    def concatenate(cls, parts: Sequence[MoleculeArrays], elements: Sequence[str] | None = None) -> MoleculeArrays:
+        """Join molecule sets in order (e.g. the shards of a build).
+
+        Args:
+            parts: the sets; all or none store bonds, all or none formal charges and SMILES, and all
+                the same property names.
+            elements: vocabulary of the result (default: the union, sorted by atomic number).
+
+        Raises:
+            ValueError: no parts, or parts that store different fields.
+        """
+        if not parts:
+            raise ValueError("nothing to concatenate")
+        if elements is None:
+            elements = sorted({s for p in parts for s in p.elements}, key=ATOMIC_NUMBERS.__getitem__)
+        for attr in ("bond_ptr", "formal_charge", "smiles"):
+            if len({getattr(p, attr) is None for p in parts}) > 1:
+                raise ValueError(f"cannot concatenate sets with and without {attr}")
+        keys = list(parts[0].properties)
+        if any(sorted(p.properties) != sorted(keys) for p in parts):
+            raise ValueError("cannot concatenate sets with different properties")
+        first = parts[0]
+
+        def cat(attr: str) -> np.ndarray | None:
+            if getattr(first, attr) is None:
+                return None
+            return np.concatenate([getattr(p, attr) for p in parts])
+
+        bonds: dict[str, np.ndarray | None] = {}
+        if first.bond_ptr is not None:
+            bonds = {"bond_index": cat("bond_index"), "bond_type": cat("bond_type"),
+                     "bond_ptr": _offsets(np.concatenate([p.n_bonds for p in parts]))}
+        return cls(
+            pos=np.concatenate([p.pos for p in parts]),
+            atomic_numbers=np.concatenate([p.atomic_numbers for p in parts]),
+            ptr=_offsets(np.concatenate([p.n_atoms for p in parts])),
+            elements=tuple(elements),
+            names=np.concatenate([p.names for p in parts]),
+            index=np.concatenate([p.index for p in parts]),
+            properties={k: np.concatenate([p.properties[k] for p in parts]) for k in keys},
+            smiles=cat("smiles"),
+            formal_charge=cat("formal_charge"),
+            **bonds,
         )
 
     def __repr__(self) -> str:
         props = ", ".join(self.properties)
+        extra = "" if self.bond_ptr is None else f", num_bonds={len(self.bond_type)}"
         return (
-            f"MoleculeArrays(num_molecules={self.num_molecules}, num_atoms={self.num_atoms_total}, "
+            f"MoleculeArrays(num_molecules={self.num_molecules}, num_atoms={self.num_atoms_total}{extra}, "
             f"elements={self.elements}, properties=[{props}])"
         )
 
@@ -166,6 +312,11 @@ class MoleculeArrays:
         names: Sequence[str] | None = None,
         properties: Mapping[str, Sequence[float]] | None = None,
         elements: Sequence[str] | None = None,
+        *,
+        bonds: Sequence[BondList] | None = None,
+        formal_charges: Sequence[Sequence[int]] | None = None,
+        smiles: Sequence[str] | None = None,
+        index: Sequence[int] | None = None,
     ) -> MoleculeArrays:
         """Build from ``(symbols, pos [n, 3])`` pairs.
 
@@ -174,6 +325,11 @@ class MoleculeArrays:
             names: molecule names (default ``mol_000000`` ...).
             properties: name -> ``[M]`` values.
             elements: vocabulary (default: the elements present, sorted by atomic number).
+            bonds: per molecule ``[(i, j, code), ...]`` (local indices; codes 1, 2, 3, 4 = aromatic);
+                stored with ``i < j``, in the given order.
+            formal_charges: per molecule ``n`` integer formal charges.
+            smiles: per molecule SMILES.
+            index: per molecule source index (default ``1..M``).
 
         Raises:
             ValueError: on an unknown element or a shape mismatch.
@@ -189,20 +345,36 @@ class MoleculeArrays:
         if any(len(p) != c for p, c in zip(pos, counts, strict=True)):
             raise ValueError("every molecule needs one position per atom")
         m = len(molecules)
+        extra: dict[str, np.ndarray | None] = {}
+        if bonds is not None:
+            if len(bonds) != m:
+                raise ValueError(f"bonds must have {m} entries, got {len(bonds)}")
+            flat = [(min(i, j), max(i, j), t) for mol_bonds in bonds for i, j, t in mol_bonds]
+            arr = np.array(flat, dtype=np.int64).reshape(-1, 3)
+            extra.update(bond_index=arr[:, :2].astype(np.int32), bond_type=arr[:, 2].astype(np.uint8),
+                         bond_ptr=_offsets(np.array([len(b) for b in bonds], dtype=np.int64)))
+        if formal_charges is not None:
+            fc = [np.asarray(c, dtype=np.int8).reshape(-1) for c in formal_charges]
+            if len(fc) != m or any(len(c) != n for c, n in zip(fc, counts, strict=True)):
+                raise ValueError("formal_charges needs one charge per atom of every molecule")
+            extra["formal_charge"] = np.concatenate(fc) if fc else np.zeros(0, np.int8)
         return cls(
             pos=np.concatenate(pos) if pos else np.zeros((0, 3), np.float32),
             atomic_numbers=np.array([ATOMIC_NUMBERS[s] for s in symbols], dtype=np.uint8),
-            ptr=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+            ptr=_offsets(counts),
             elements=tuple(elements),
             names=np.array(list(names) if names is not None else [f"mol_{i:06d}" for i in range(m)], str),
-            index=np.arange(1, m + 1, dtype=np.int64),
+            index=np.arange(1, m + 1, dtype=np.int64) if index is None else np.asarray(index, dtype=np.int64),
             properties={k: np.asarray(v, dtype=np.float64) for k, v in (properties or {}).items()},
+            smiles=None if smiles is None else np.array(list(smiles), dtype=str),
+            **extra,
         )
 
     def to_npz_dict(self) -> dict[str, np.ndarray]:
         """Arrays as written by :meth:`save` (no pickled objects)."""
+        chemistry = {k: getattr(self, k) for k in _CHEMISTRY_KEYS if getattr(self, k) is not None}
         out = {
-            "format_version": np.array(FORMAT_VERSION),
+            "format_version": np.array(FORMAT_VERSION if chemistry else 1),
             "pos": self.pos,
             "atomic_numbers": self.atomic_numbers,
             "ptr": self.ptr,
@@ -212,6 +384,7 @@ class MoleculeArrays:
         }
         if self.smiles is not None:
             out["smiles"] = self.smiles
+        out.update(chemistry)
         out.update({_PROP_PREFIX + k: v for k, v in self.properties.items()})
         return out
 
@@ -234,8 +407,8 @@ class MoleculeArrays:
         if not path.is_file():
             raise FileNotFoundError(f"no molecule file at {path}")
         with np.load(path, allow_pickle=False) as f:
-            if "format_version" not in f or int(f["format_version"]) != FORMAT_VERSION:
-                raise ValueError(f"{path}: not a moldiff molecule file of format {FORMAT_VERSION}")
+            if "format_version" not in f or int(f["format_version"]) not in _READABLE_VERSIONS:
+                raise ValueError(f"{path}: not a moldiff molecule file of format {_READABLE_VERSIONS}")
             props = {k[len(_PROP_PREFIX):]: f[k] for k in f.files if k.startswith(_PROP_PREFIX)}
             return cls(
                 pos=f["pos"],
@@ -246,4 +419,5 @@ class MoleculeArrays:
                 index=f["index"],
                 properties=props,
                 smiles=f["smiles"] if "smiles" in f.files else None,
+                **{k: f[k] for k in _CHEMISTRY_KEYS if k in f.files},
             )

@@ -1,7 +1,9 @@
 """Fast, resumable mini-batches of :class:`~moldiff.types.MolBatch` from :class:`MoleculeArrays`.
 
 Batches are sparse (atoms concatenated, ``batch`` vector), positions are centred per molecule, and
-the gather is one vectorised index computation per batch (no per-molecule Python loop). The order
+the gather is one vectorised index computation per batch (no per-molecule Python loop). Datasets
+that store bonds and formal charges fill ``MolBatch.bond_index`` / ``bond_type`` / ``formal_charge``
+(each bond once, global atom indices of the batch). The order
 of an epoch depends only on ``(seed, epoch)``, so training can resume mid-run exactly.
 """
 
@@ -132,8 +134,18 @@ class MolLoader:
         ).to(self.dtype)
         charges = torch.from_numpy(self._charges[atoms]).to(self.dtype).unsqueeze(1)
         context = None if self._context is None else torch.from_numpy(self._context[rows]).to(self.dtype)
+        arrays, chem = self.arrays, {}
+        if arrays.bond_ptr is not None:
+            b_counts = arrays.n_bonds[rows]
+            sel = atom_ranges(arrays.bond_ptr[rows], b_counts)
+            first_atom = np.repeat(np.cumsum(counts) - counts, b_counts)  # batch offset of each bond's molecule
+            index = arrays.bond_index[sel].astype(np.int64) + first_atom[:, None]
+            chem["bond_index"] = torch.from_numpy(np.ascontiguousarray(index.T))
+            chem["bond_type"] = torch.from_numpy(arrays.bond_type[sel].astype(np.int64))
+        if arrays.formal_charge is not None:
+            chem["formal_charge"] = torch.from_numpy(arrays.formal_charge[atoms].astype(np.int64))
         return MolBatch(pos=pos, one_hot=one_hot, charges=charges, batch=batch, num_graphs=len(rows),
-                        context=context)
+                        context=context, **chem)
 
 
 def iter_batches(
@@ -149,3 +161,37 @@ def iter_batches(
     """Deterministic batches of one epoch: ``MolLoader(arrays, rows, ...).iter_batches(epoch, start)``."""
     loader = MolLoader(arrays, rows, batch_size=batch_size, seed=seed, **kwargs)  # type: ignore[arg-type]
     return loader.iter_batches(epoch, start)
+
+
+def batch_molecules(
+    batch: MolBatch, elements: Sequence[str]
+) -> list[tuple[list[str], np.ndarray, list[tuple[int, int, int]], list[int] | None]]:
+    """Split a batch back into molecules: ``(symbols, pos, bonds, formal_charges)`` per molecule.
+
+    The inverse of :meth:`MolLoader.collate` (positions stay centred), shaped for
+    :func:`moldiff.io.bonded_mol`. Atom types are the argmax of ``one_hot`` over ``elements``;
+    ``bonds`` are molecule-local ``(i, j, code)`` (empty without ``bond_index``), and
+    ``formal_charges`` is ``None`` without ``formal_charge``.
+    """
+    types = batch.one_hot.argmax(dim=1).cpu().numpy()
+    pos = batch.pos.detach().cpu().double().numpy()
+    mol_of_atom = batch.batch.cpu().numpy()
+    counts = np.bincount(mol_of_atom, minlength=batch.num_graphs)
+    starts = np.cumsum(counts) - counts
+    bonds_by_mol: list[list[tuple[int, int, int]]] = [[] for _ in range(batch.num_graphs)]
+    if batch.bond_index is not None and batch.bond_type is not None:
+        index = batch.bond_index.cpu().numpy()
+        for (i, j), code in zip(index.T.tolist(), batch.bond_type.cpu().tolist(), strict=True):
+            m = int(mol_of_atom[i])
+            bonds_by_mol[m].append((i - int(starts[m]), j - int(starts[m]), int(code)))
+    charges = None if batch.formal_charge is None else batch.formal_charge.cpu().numpy()
+    out = []
+    for m in range(batch.num_graphs):
+        lo, hi = int(starts[m]), int(starts[m] + counts[m])
+        out.append((
+            [elements[int(t)] for t in types[lo:hi]],
+            pos[lo:hi],
+            bonds_by_mol[m],
+            None if charges is None else charges[lo:hi].tolist(),
+        ))
+    return out

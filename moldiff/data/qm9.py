@@ -22,6 +22,7 @@ import numpy as np
 
 from moldiff.constants import ATOMIC_NUMBERS, CV_ATOMREF, HARTREE_TO_EV, QM9_ELEMENTS
 from moldiff.data.arrays import MoleculeArrays
+from moldiff.data.registry import Dataset, register_dataset
 
 QM9_NUM_MOLECULES: Final[int] = 130_831
 QM9_SOURCE: Final[str] = "qm9pack==1.0.3"
@@ -190,3 +191,33 @@ def load_qm9(
     if log is not None:
         log(f"wrote {path}")
     return arrays
+
+
+class QM9Dataset(Dataset):
+    """QM9 as a registered dataset: molecules from the wheel, EDM's splits, statistics on first use."""
+
+    def __init__(self, root: str | Path | None = None) -> None:
+        super().__init__("qm9", root)
+
+    def load(self) -> MoleculeArrays:
+        """The 130,831 molecules (see :func:`load_qm9`)."""
+        return load_qm9(root=self.root, progress=False)
+
+    def split(self, name: str) -> np.ndarray:
+        """EDM's ``train`` / ``valid`` / ``test`` / ``first_half`` / ``second_half`` rows."""
+        from moldiff.data.splits import qm9_split
+
+        return qm9_split(name, self.root)
+
+    def stats(self) -> dict:
+        """``<root>/qm9/stats.json``, written by :func:`~moldiff.data.datasets.prepare_qm9` if missing."""
+        from moldiff.data.datasets import prepare_qm9
+        from moldiff.data.statistics import read_stats
+
+        path = self.directory / "stats.json"
+        if not path.is_file():
+            prepare_qm9(root=self.root, progress=False)
+        return read_stats(path)
+
+
+register_dataset("qm9", QM9Dataset)

@@ -116,7 +116,7 @@ def get_split(name: str, dataset: str | Path = "qm9", root: str | Path | None = 
 
     Args:
         name: ``train``, ``valid``, ``test``; for QM9 also ``first_half`` / ``second_half``.
-        dataset: ``"qm9"``, the name of an imported dataset, or its directory.
+        dataset: a registered dataset (``"qm9"``), the name of a stored dataset, or its directory.
         root: data directory (default :func:`~moldiff.data.qm9.data_root`).
 
     Returns:
@@ -129,21 +129,22 @@ def get_split(name: str, dataset: str | Path = "qm9", root: str | Path | None = 
     >>> get_split("valid")[:3].tolist()  # doctest: +SKIP
     [4, 14, 24]
     """
-    if str(dataset) == "qm9":
-        if name not in QM9_SPLITS:
-            raise ValueError(f"unknown QM9 split {name!r}; choose one of {', '.join(QM9_SPLITS)}")
-        path = qm9_splits_path(root)
-        if path.is_file():
-            splits = load_splits(path)
-            if name in splits:
-                return splits[name]
-        return qm9_splits()[name]
-    from moldiff.data.datasets import dataset_dir
+    from moldiff.data.registry import get_dataset
 
-    path = dataset_dir(dataset, root) / "splits.npz"
-    if not path.is_file():
-        raise FileNotFoundError(f"no splits for dataset {dataset!r} at {path}")
-    splits = load_splits(path)
-    if name not in splits:
-        raise ValueError(f"unknown split {name!r} of {dataset!r}; choose one of {', '.join(splits)}")
-    return splits[name]
+    return get_dataset(dataset, root).split(name)
+
+
+def qm9_split(name: str, root: str | Path | None = None) -> np.ndarray:
+    """Rows of EDM's QM9 split ``name`` (from ``<root>/qm9/splits.npz`` if present, else recomputed).
+
+    Raises:
+        ValueError: unknown split name.
+    """
+    if name not in QM9_SPLITS:
+        raise ValueError(f"unknown QM9 split {name!r}; choose one of {', '.join(QM9_SPLITS)}")
+    path = qm9_splits_path(root)
+    if path.is_file():
+        splits = load_splits(path)
+        if name in splits:
+            return splits[name]
+    return qm9_splits()[name]

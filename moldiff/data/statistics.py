@@ -65,6 +65,20 @@ def property_mean_mad(
     return out
 
 
+def _chemistry_counts(arrays: MoleculeArrays, rows: np.ndarray) -> dict[str, dict[str, int]]:
+    """Bond-type and formal-charge counts over ``rows`` (only for sets that store them)."""
+    out: dict[str, dict[str, int]] = {}
+    if arrays.bond_ptr is not None or arrays.formal_charge is not None:
+        sub = arrays.subset(rows)
+        if sub.bond_type is not None:
+            codes, counts = np.unique(sub.bond_type, return_counts=True)
+            out["bond_type_counts"] = {str(int(c)): int(n) for c, n in zip(codes, counts, strict=True)}
+        if sub.formal_charge is not None:
+            codes, counts = np.unique(sub.formal_charge, return_counts=True)
+            out["formal_charge_counts"] = {str(int(c)): int(n) for c, n in zip(codes, counts, strict=True)}
+    return out
+
+
 def compute_statistics(
     arrays: MoleculeArrays,
     splits: Mapping[str, np.ndarray],
@@ -107,6 +121,7 @@ def compute_statistics(
             "n_atoms_histogram": {str(k): v for k, v in n_atoms_histogram(arrays, rows).items()},
             "n_heavy_atoms_histogram": {str(k): v for k, v in n_atoms_histogram(heavy, rows).items()},
             "element_counts": element_counts(arrays, rows),
+            **_chemistry_counts(arrays, rows),
         }
     norms = property_mean_mad(arrays, splits[property_split])
     out["properties"] = {
@@ -119,12 +134,32 @@ def compute_statistics(
 
 
 def write_stats(path: str | Path, stats: Mapping[str, Any]) -> None:
-    """Write ``stats`` as indented JSON, atomically."""
+    """Write ``stats`` as indented JSON, atomically.
+
+    A file that already holds the same statistics is left untouched, its ``created`` date included,
+    so regenerating a committed ``stats.json`` does not show as a change in a fresh clone.
+    """
     from moldiff.io import atomic_write
 
+    path = Path(path)
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            old = None
+        if isinstance(old, dict) and _without_date(old) == _without_date(json.loads(json.dumps(stats))):
+            return
     with atomic_write(path) as fh:
         json.dump(stats, fh, indent=1)
         fh.write("\n")
+
+
+def _without_date(stats: Mapping[str, Any]) -> dict[str, Any]:
+    """``stats`` without ``provenance.created`` (the only field that changes between identical runs)."""
+    out = dict(stats)
+    if isinstance(out.get("provenance"), dict):
+        out["provenance"] = {k: v for k, v in out["provenance"].items() if k != "created"}
+    return out
 
 
 def read_stats(path: str | Path) -> dict[str, Any]:
