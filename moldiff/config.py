@@ -107,7 +107,15 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DiffusionConfig:
-    """Forward process (defaults: EDM's unconditional QM9 run)."""
+    """Forward process (defaults: EDM's unconditional QM9 run).
+
+    Attributes:
+        parameterization: what the network predicts: ``"eps"`` (EDM) or ``"x0"``
+            (see :mod:`moldiff.diffusion.parameterization`).
+        loss_weighting: ``"edm"`` (uniform noise error) or ``"snr_clamp"`` (``x0`` error weighted by
+            ``clamp(SNR_t, *snr_clamp)``).
+        snr_clamp: ``(lo, hi)`` of ``"snr_clamp"``; EQGAT-diff's ``(0.05, 1.5)`` by default.
+    """
 
     timesteps: int = 1000
     noise_schedule: str = "polynomial_2"
@@ -115,10 +123,18 @@ class DiffusionConfig:
     loss_type: str = "l2"
     norm_values: tuple[float, float, float] = (1.0, 4.0, 10.0)
     include_charges: bool = True
+    parameterization: str = "eps"
+    loss_weighting: str = "edm"
+    snr_clamp: tuple[float, float] = (0.05, 1.5)
 
     def __post_init__(self) -> None:
         _check_positive("diffusion.timesteps", self.timesteps)
         _check_choice("diffusion.loss_type", self.loss_type, ("l2", "vlb"))
+        _check_choice("diffusion.parameterization", self.parameterization, ("eps", "x0"))
+        _check_choice("diffusion.loss_weighting", self.loss_weighting, ("edm", "snr_clamp"))
+        if len(self.snr_clamp) != 2 or not 0 <= float(self.snr_clamp[0]) < float(self.snr_clamp[1]):
+            raise ValueError(f"diffusion.snr_clamp must be [lo, hi] with 0 <= lo < hi, got {self.snr_clamp!r}")
+        object.__setattr__(self, "snr_clamp", tuple(float(v) for v in self.snr_clamp))
         if not _valid_schedule(self.noise_schedule):
             raise ValueError(
                 f"diffusion.noise_schedule must be 'cosine' or 'polynomial_<p>' (p a number, e.g. polynomial_2), "

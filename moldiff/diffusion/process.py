@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from moldiff.diffusion.parameterization import LossWeighting, Parameterization
 from moldiff.diffusion.schedules import NoiseSchedule
 from moldiff.geometry import remove_mean, sample_zero_com_gaussian, scatter_sum
 from moldiff.types import Denoiser, MolBatch
@@ -48,6 +49,12 @@ class EquivariantDiffusion(nn.Module):
         include_charges: whether ``h`` carries EDM's integer (atomic number) channel.
         norm_values: ``(pos, one_hot, charges)`` scale factors (EDM QM9: ``(1, 4, 10)``).
         loss_type: ``"l2"`` (EDM's QM9 training objective) or ``"vlb"``.
+        parameterization: what the denoiser predicts (:class:`Parameterization` or its name; EDM:
+            ``"eps"``). :meth:`denoise` always returns a noise prediction, so samplers and the
+            variational bound work unchanged for every parameterization.
+        weighting: the training loss weighting (:class:`LossWeighting`; default EDM's). A
+            non-EDM weighting trains on the ``x0`` error weighted by ``clamp(SNR_t, lo, hi)`` at
+            every ``t`` (no separate ``L_0`` term) and ignores ``loss_type``.
 
     >>> from moldiff.nn.denoiser import EGNNDenoiser
     >>> proc = EquivariantDiffusion(EGNNDenoiser(6, hidden_nf=8, n_layers=1), NoiseSchedule(), 5)
@@ -58,6 +65,7 @@ class EquivariantDiffusion(nn.Module):
     def __init__(
         self, denoiser: Denoiser, schedule: NoiseSchedule, num_classes: int, include_charges: bool = True,
         norm_values: tuple[float, float, float] = (1.0, 4.0, 10.0), loss_type: str = "l2",
+        parameterization: Parameterization | str = "eps", weighting: LossWeighting | None = None,
     ) -> None:
         super().__init__()
         if loss_type not in ("l2", "vlb"):
@@ -68,6 +76,10 @@ class EquivariantDiffusion(nn.Module):
         self.include_charges = include_charges
         self.norm_values = tuple(float(v) for v in norm_values)
         self.loss_type = loss_type
+        self.parameterization = (
+            parameterization if isinstance(parameterization, Parameterization) else Parameterization(parameterization)
+        )
+        self.weighting = weighting if weighting is not None else LossWeighting()
         self._check_norm_values()
 
     @property
@@ -99,8 +111,27 @@ class EquivariantDiffusion(nn.Module):
         self, pos: torch.Tensor, h: torch.Tensor, t: torch.Tensor, batch: torch.Tensor,
         context: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Call the denoiser: ``t [B]`` normalised time -> ``(eps_pos, eps_h)``."""
-        return self.denoiser(pos, h, t, batch, context)
+        """Call the denoiser: ``t [B]`` normalised time -> noise prediction ``(eps_pos, eps_h)``."""
+        out = self.denoiser(pos, h, t, batch, context)
+        if self.parameterization.name == "eps":
+            return out
+        alpha, sigma = self._alpha_sigma_atoms(t, batch)
+        return self.parameterization.to_eps(out, (pos, h), alpha, sigma)
+
+    def predict_x0(
+        self, pos: torch.Tensor, h: torch.Tensor, t: torch.Tensor, batch: torch.Tensor,
+        context: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clean-molecule prediction ``(x0_pos, x0_h)`` in the normalised diffusion space."""
+        out = self.denoiser(pos, h, t, batch, context)
+        alpha, sigma = self._alpha_sigma_atoms(t, batch)
+        return self.parameterization.to_x0(out, (pos, h), alpha, sigma)
+
+    def _alpha_sigma_atoms(self, t: torch.Tensor, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        gamma = self.schedule.gamma(t)
+        alpha = NoiseSchedule.alpha_from_gamma(gamma)[batch].unsqueeze(1)
+        sigma = NoiseSchedule.sigma_from_gamma(gamma)[batch].unsqueeze(1)
+        return alpha, sigma
 
     # ------------------------------------------------------------------ forward process
     def sample_noise(
@@ -193,6 +224,8 @@ class EquivariantDiffusion(nn.Module):
         gamma_t, gamma_s = self.schedule.gamma(t), self.schedule.gamma(s)
         eps_pos, eps_h = noise if noise is not None else self.sample_noise(batch, B, pos.dtype, generator)
         z_pos, z_h = self.q_sample(pos, h, gamma_t, batch, eps_pos, eps_h)
+        if not self.weighting.on_eps:
+            return self._x0_loss(mol, pos, h, z_pos, z_h, t, gamma_t, t_int)
         pred_pos, pred_h = self.denoise(z_pos, z_h, t, batch, mol.context)
         err_x = scatter_sum(((eps_pos - pred_pos) ** 2).sum(1), batch, B)
         err_h = scatter_sum(((eps_h - pred_h) ** 2).sum(1), batch, B)
@@ -211,6 +244,20 @@ class EquivariantDiffusion(nn.Module):
             loss_t = T * loss_t
         kl = self.kl_prior(pos, h, batch, B)
         return LossOutput(loss=loss_t + kl, error_t=error, kl_prior=kl, t_int=t_int)
+
+    def _x0_loss(
+        self, mol: MolBatch, pos: torch.Tensor, h: torch.Tensor, z_pos: torch.Tensor, z_h: torch.Tensor,
+        t: torch.Tensor, gamma_t: torch.Tensor, t_int: torch.Tensor,
+    ) -> LossOutput:
+        """``0.5 w(SNR_t) |x - x0_hat|^2 / ((3 + F) max_n)`` per molecule (EDM's normalisation)."""
+        B, batch = mol.num_graphs, mol.batch
+        x0_pos, x0_h = self.predict_x0(z_pos, z_h, t, batch, mol.context)
+        err = scatter_sum(((pos - x0_pos) ** 2).sum(1) + ((h - x0_h) ** 2).sum(1), batch, B)
+        weight = self.weighting.x0_weight(torch.exp(-gamma_t))
+        denom = (3 + self.feature_dim) * int(torch.bincount(batch, minlength=B).max())
+        loss = 0.5 * weight * err / denom
+        zero = torch.zeros_like(loss)
+        return LossOutput(loss=loss, error_t=err, kl_prior=zero, t_int=t_int)
 
     @torch.no_grad()
     def nll(self, mol: MolBatch, generator: torch.Generator | None = None) -> torch.Tensor:

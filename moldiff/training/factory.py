@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from moldiff.conditioning import context_width
 from moldiff.config import ExperimentConfig
+from moldiff.diffusion.parameterization import LossWeighting
 from moldiff.diffusion.process import EquivariantDiffusion
 from moldiff.diffusion.schedules import NoiseSchedule
 from moldiff.nn.denoiser import EGNNDenoiser
@@ -26,5 +27,6 @@ def build_process(config: ExperimentConfig, num_classes: int, context_nf: int = 
     schedule = NoiseSchedule(d.noise_schedule, d.timesteps, d.noise_precision)
     return EquivariantDiffusion(
         denoiser, schedule, num_classes, include_charges=d.include_charges, norm_values=d.norm_values,
-        loss_type=d.loss_type,
+        loss_type=d.loss_type, parameterization=d.parameterization,
+        weighting=LossWeighting(d.loss_weighting, *d.snr_clamp),
     )
