@@ -1,4 +1,4 @@
-"""Command line: ``moldiff {data,train,sample,evaluate}``.
+"""Command line: ``moldiff {data,train,sample,evaluate,relax}``.
 
 Thin layer: parse arguments, load configs, call the library. Any ``ValueError``/``FileNotFoundError``
 raised for bad input becomes a one-line ``moldiff: error: ...`` message and exit code 2.
@@ -137,6 +137,9 @@ def _add_sample_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance weight")
     p.add_argument("--num-atoms", type=_positive_int, default=None, help="fix the number of atoms")
     p.add_argument("--grid", default=None, help="also draw the valid samples as a PNG molecule grid")
+    p.add_argument("--relax", choices=("mmff", "xtb"), default=None,
+                   help="relax the written molecules (mmff or GFN2-xTB); the model's own metrics are printed "
+                        "before relaxation, the relaxed ones separately and labelled")
 
 
 def _output_format(out: str, fmt: str | None) -> str:
@@ -159,6 +162,11 @@ def _run_sample(args: argparse.Namespace) -> int:
         raise CLIError(f"output directory does not exist: {Path(args.out).parent}")
     if args.grid and not args.evaluate:
         raise CLIError("--grid draws the evaluated molecules: drop --no-evaluate")
+    if args.relax == "xtb":
+        from moldiff.relax import XTB_MISSING, xtb_available
+
+        if not xtb_available():
+            raise CLIError(XTB_MISSING)
     device = resolve_device(args.device, Shard.from_env())
     model = load_model(args.model, device=device)
     if args.target or args.guidance is not None:
@@ -203,26 +211,53 @@ def _sample_to_file(args: argparse.Namespace, model: MolDiff, fmt: str, target: 
             return 0
         print(f"sampling {args.num} molecules: {method}, {steps or model.process.timesteps} steps, {device}"
               + (f", {shard.world_size} processes" if shard.world_size > 1 else ""), file=sys.stderr)
+        relaxed: list = []  # (symbols, pos) after --relax, and the RelaxResults
         with molecule_writer(args.out, fmt) as write:
             for batch in ordered:
-                write(batch if fmt == "xyz" else [to_rdkit(sym, pos) for sym, pos in batch])
                 if args.evaluate:
                     molecules.extend(batch)
+                if args.relax:
+                    batch = _relax_batch(batch, args.relax, relaxed)
+                write(batch if fmt == "xyz" else [to_rdkit(sym, pos) for sym, pos in batch])
             total = write.written
     for w in caught:
         print(f"moldiff: warning: {w.message}", file=sys.stderr)
-    print(f"wrote {total} molecules to {args.out}")
+    print(f"wrote {total} molecules to {args.out}" + (f" ({args.relax}-relaxed)" if args.relax else ""))
+    if args.relax:
+        from moldiff.relax import format_relax_summary, summarize_relaxation
+
+        print(format_relax_summary(summarize_relaxation([r for _, r in relaxed])))
     if not args.evaluate:
         return 0
     from moldiff.evaluation.report import evaluate_molecules, format_summary
 
     table, summary = evaluate_molecules(molecules)
-    print(format_summary(summary))
+    print(("model samples (before relaxation):\n" if args.relax else "") + format_summary(summary))
+    if args.relax:
+        _, relaxed_summary = evaluate_molecules([m for m, _ in relaxed])
+        print(f"after {args.relax} relaxation (post-processing, not a model metric):\n"
+              + format_summary(relaxed_summary))
     if args.grid:
         from moldiff.evaluation.draw import draw_grid
 
         print(f"drew {draw_grid(table, args.grid)} molecules to {args.grid}")
     return 0
+
+
+def _relax_batch(batch: list, method: str, relaxed: list) -> list:
+    """Relax sampled ``(symbols, pos)`` molecules; appends ``(molecule, RelaxResult)`` to ``relaxed``.
+
+    Bonds for MMFF come from EDM's distance rule on the sampled geometry; the written molecules get
+    their bonds re-perceived from the relaxed geometry. Molecules that fail stay as sampled.
+    """
+    from moldiff.pipeline import to_rdkit
+    from moldiff.relax import relax_molecules
+
+    results = relax_molecules([to_rdkit(sym, pos) for sym, pos in batch], method)
+    out = [(sym, r.mol.GetConformer().GetPositions() if r.ok else pos)
+           for (sym, pos), r in zip(batch, results, strict=True)]
+    relaxed.extend(zip(out, results, strict=True))
+    return out
 
 
 # ============================================================================ evaluate
@@ -292,6 +327,98 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# ============================================================================ relax
+def _add_relax_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("relax", help="relax molecules with MMFF94 (RDKit) or GFN2-xTB (tblite)")
+    p.add_argument("file", help="input .sdf (or multi-frame .xyz: bonds from EDM's distance rule)")
+    p.add_argument("--out", required=True, help="output file (.sdf or .xyz); failed molecules are written unchanged")
+    p.add_argument("--format", choices=("sdf", "xyz"), default=None, help="default: from --out suffix")
+    p.add_argument("--method", choices=("mmff", "xtb"), default="mmff",
+                   help="mmff (fast, needs a valid bond graph) or xtb (GFN2-xTB, no bonds needed, slower)")
+    p.add_argument("--fixed", default=None, help="comma-separated 1-based atom indices kept fixed (every molecule)")
+    p.add_argument("--max-iters", type=_positive_int, default=None, help="optimiser iteration limit")
+    p.add_argument("--json", default=None, help="write per-molecule energies and the summary as JSON")
+
+
+def _parse_index_list(text: str, what: str) -> list[int]:
+    """``"1,3,5"`` (1-based) -> ``[0, 2, 4]``."""
+    try:
+        idx = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise CLIError(f"{what}: expected comma-separated 1-based atom indices, got {text!r}") from None
+    if not idx or min(idx) < 1:
+        raise CLIError(f"{what}: expected comma-separated 1-based atom indices, got {text!r}")
+    return [i - 1 for i in idx]
+
+
+def _read_rdkit_molecules(path: str) -> list:
+    """RDKit molecules of an SDF (as written, unsanitised) or XYZ file (EDM bonds); ``None`` for bad records."""
+    from moldiff.io import read_molecules
+    from moldiff.pipeline import to_rdkit
+
+    records = read_molecules(path, strict=False)
+    if not records or all(r.error for r in records):
+        raise CLIError(f"{path}: no readable molecule" + (f" ({records[0].error})" if records else ""))
+    if Path(path).suffix.lower() == ".xyz":
+        return [None if r.error else to_rdkit(r.symbols, r.pos) for r in records]
+    from rdkit import Chem, RDLogger
+
+    RDLogger.DisableLog("rdApp.*")
+    try:
+        mols = list(Chem.SDMolSupplier(str(path), sanitize=False, removeHs=False))
+    finally:
+        RDLogger.EnableLog("rdApp.*")
+    if len(mols) != len(records):
+        raise CLIError(f"{path}: cannot match the SDF records ({len(records)}) to RDKit molecules ({len(mols)})")
+    return [None if r.error else m for r, m in zip(records, mols, strict=True)]
+
+
+def _relax_record(mol, res):
+    """The (RDKit) molecule to write for one relaxation result, labelled with SDF properties."""
+    out = res.mol if res.mol is not None else mol
+    out.SetProp("moldiff_relax_method", res.method)
+    out.SetProp("moldiff_relax_status", "relaxed" if res.ok else f"failed: {res.error}")
+    if res.ok:
+        out.SetDoubleProp("moldiff_energy_before_kcal", res.energy_before)
+        out.SetDoubleProp("moldiff_energy_after_kcal", res.energy_after)
+        out.SetIntProp("moldiff_relax_converged", int(res.converged))
+    return out
+
+
+def _run_relax(args: argparse.Namespace) -> int:
+    import json
+
+    from moldiff.io import atomic_write, molecule_writer
+    from moldiff.relax import format_relax_summary, relax_molecules, summarize_relaxation
+
+    fmt = _output_format(args.out, args.format)
+    if not Path(args.out).parent.resolve().is_dir():
+        raise CLIError(f"output directory does not exist: {Path(args.out).parent}")
+    fixed = _parse_index_list(args.fixed, "--fixed") if args.fixed else None
+    mols = _read_rdkit_molecules(args.file)
+    results = relax_molecules(mols, args.method, fixed_atoms=fixed, max_iters=args.max_iters, progress=True)
+    written = [_relax_record(m, r) for m, r in zip(mols, results, strict=True) if (r.mol or m) is not None]
+    with molecule_writer(args.out, fmt) as write:
+        if fmt == "sdf":
+            write(written)
+        else:
+            write([([a.GetSymbol() for a in m.GetAtoms()], m.GetConformer().GetPositions(),
+                    m.GetProp("moldiff_relax_status")) for m in written])
+    summary = summarize_relaxation(results)
+    print(f"wrote {len(written)} molecules to {args.out}")
+    print(format_relax_summary(summary))
+    for k, r in enumerate(results, start=1):
+        if not r.ok:
+            print(f"  molecule {k}: {r.error}", file=sys.stderr)
+    if args.json:
+        rows = [{"index": k, "ok": r.ok, "error": r.error, "energy_before_kcal": r.energy_before,
+                 "energy_after_kcal": r.energy_after, "converged": r.converged, "rmsd": r.rmsd}
+                for k, r in enumerate(results, start=1)]
+        with atomic_write(args.json) as fh:
+            json.dump({"summary": summary, "molecules": rows}, fh, indent=2, default=str)
+    return 0
+
+
 # ============================================================================ entry
 def _parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="moldiff", description=__doc__.splitlines()[0])
@@ -303,10 +430,12 @@ def _parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     _add_train_parser(sub)
     _add_sample_parser(sub)
     _add_evaluate_parser(sub)
+    _add_relax_parser(sub)
     return parser.parse_args(argv)
 
 
-_RUNNERS = {"data": "_run_data", "train": "_run_train", "sample": "_run_sample", "evaluate": "_run_evaluate"}
+_RUNNERS = {"data": "_run_data", "train": "_run_train", "sample": "_run_sample", "evaluate": "_run_evaluate",
+            "relax": "_run_relax"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -48,6 +48,7 @@ ALLOWED: dict[str, frozenset[str] | str] = {
         }
     ),
     "conditioning": frozenset({"sampling", "config", "constants", "types", "geometry"}),
+    "relax": frozenset({"constants", "io"}),  # molecules in, molecules out (RDKit / tblite); no models
     "pipeline": ANY,
     "cli": ANY,
     "__init__": ANY,
@@ -65,6 +66,7 @@ FORBIDDEN_EXTERNAL: dict[str, frozenset[str]] = {
     "sampling": frozenset({"rdkit"}),
     "geometry": frozenset({"rdkit"}),
     "types": frozenset({"rdkit"}),
+    "relax": frozenset({"torch", "torch_geometric", "e3nn"}),
 }
 
 PACKAGE = Path(__file__).resolve().parents[1] / "moldiff"
