@@ -57,6 +57,9 @@ def _add_data_parser(sub: argparse._SubParsersAction) -> None:
     imp.add_argument("--root", default=None, help="data directory (default: moldiff's data dir)")
     imp.add_argument("--seed", type=int, default=0, help="seed of the train/valid/test split")
     imp.add_argument("--overwrite", action="store_true", help="replace an existing dataset of that name")
+    from moldiff.data.commands import add_build_parsers
+
+    add_build_parsers(dsub)  # data build / data merge (moldiff.data.conformers)
 
 
 def _run_data(args: argparse.Namespace) -> int:
@@ -74,7 +77,11 @@ def _run_data(args: argparse.Namespace) -> int:
                               overwrite=args.overwrite, log=log)
         print(path)
         return 0
-    raise CLIError(f"unknown data command {args.data_cmd!r}; choose prepare or import")
+    if args.data_cmd in ("build", "merge"):
+        from moldiff.data.commands import run_build_command
+
+        return run_build_command(args)
+    raise CLIError(f"unknown data command {args.data_cmd!r}; choose prepare, import, build or merge")
 
 
 # ============================================================================ train
