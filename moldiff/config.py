@@ -115,6 +115,9 @@ class DiffusionConfig:
         loss_weighting: ``"edm"`` (uniform noise error) or ``"snr_clamp"`` (``x0`` error weighted by
             ``clamp(SNR_t, *snr_clamp)``).
         snr_clamp: ``(lo, hi)`` of ``"snr_clamp"``; EQGAT-diff's ``(0.05, 1.5)`` by default.
+        atom_types: ``"gaussian"`` (EDM: one-hot diffused with the positions) or ``"categorical"``
+            (discrete labels with marginal transitions, cross-entropy; needs ``include_charges: false``).
+        type_loss_weight: weight of the type cross-entropy against the position error (categorical).
     """
 
     timesteps: int = 1000
@@ -126,6 +129,8 @@ class DiffusionConfig:
     parameterization: str = "eps"
     loss_weighting: str = "edm"
     snr_clamp: tuple[float, float] = (0.05, 1.5)
+    atom_types: str = "gaussian"
+    type_loss_weight: float = 0.4
 
     def __post_init__(self) -> None:
         _check_positive("diffusion.timesteps", self.timesteps)
@@ -135,6 +140,11 @@ class DiffusionConfig:
         if len(self.snr_clamp) != 2 or not 0 <= float(self.snr_clamp[0]) < float(self.snr_clamp[1]):
             raise ValueError(f"diffusion.snr_clamp must be [lo, hi] with 0 <= lo < hi, got {self.snr_clamp!r}")
         object.__setattr__(self, "snr_clamp", tuple(float(v) for v in self.snr_clamp))
+        _check_choice("diffusion.atom_types", self.atom_types, ("gaussian", "categorical"))
+        _check_positive("diffusion.type_loss_weight", self.type_loss_weight)
+        if self.atom_types == "categorical" and self.include_charges:
+            raise ValueError("diffusion.atom_types 'categorical' needs diffusion.include_charges: false "
+                             "(the atomic-number channel would duplicate the type)")
         if not _valid_schedule(self.noise_schedule):
             raise ValueError(
                 f"diffusion.noise_schedule must be 'cosine' or 'polynomial_<p>' (p a number, e.g. polynomial_2), "

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from moldiff.diffusion.categorical import CategoricalDiffusion
 from moldiff.diffusion.parameterization import LossWeighting, Parameterization
 from moldiff.diffusion.schedules import NoiseSchedule
 from moldiff.geometry import remove_mean, sample_zero_com_gaussian, scatter_sum
@@ -55,6 +56,13 @@ class EquivariantDiffusion(nn.Module):
         weighting: the training loss weighting (:class:`LossWeighting`; default EDM's). A
             non-EDM weighting trains on the ``x0`` error weighted by ``clamp(SNR_t, lo, hi)`` at
             every ``t`` (no separate ``L_0`` term) and ignores ``loss_type``.
+        type_process: ``None`` (EDM: atom types are a continuous one-hot diffused with the
+            positions) or a :class:`~moldiff.diffusion.categorical.CategoricalDiffusion`: atom types
+            are then discrete labels, noised by marginal transitions; the network reads the noisy
+            one-hot (scaled by ``1 / norm_values[1]``) and its feature output is read as the logits
+            of the clean type, trained with cross-entropy. Needs ``include_charges=False``.
+        type_loss_weight: weight of the per-atom type cross-entropy against the per-atom position
+            error (EQGAT-diff's ratio 0.4 : 1 by default).
 
     >>> from moldiff.nn.denoiser import EGNNDenoiser
     >>> proc = EquivariantDiffusion(EGNNDenoiser(6, hidden_nf=8, n_layers=1), NoiseSchedule(), 5)
@@ -66,6 +74,7 @@ class EquivariantDiffusion(nn.Module):
         self, denoiser: Denoiser, schedule: NoiseSchedule, num_classes: int, include_charges: bool = True,
         norm_values: tuple[float, float, float] = (1.0, 4.0, 10.0), loss_type: str = "l2",
         parameterization: Parameterization | str = "eps", weighting: LossWeighting | None = None,
+        type_process: CategoricalDiffusion | None = None, type_loss_weight: float = 0.4,
     ) -> None:
         super().__init__()
         if loss_type not in ("l2", "vlb"):
@@ -80,12 +89,24 @@ class EquivariantDiffusion(nn.Module):
             parameterization if isinstance(parameterization, Parameterization) else Parameterization(parameterization)
         )
         self.weighting = weighting if weighting is not None else LossWeighting()
+        if type_process is not None:
+            if include_charges:
+                raise ValueError("categorical atom types carry no charge channel: use include_charges=False")
+            if type_process.num_classes != num_classes:
+                raise ValueError(f"type_process has {type_process.num_classes} classes, the model {num_classes}")
+        self.type_process = type_process
+        self.type_loss_weight = float(type_loss_weight)
         self._check_norm_values()
 
     @property
     def timesteps(self) -> int:
         """``T``, the number of diffusion steps."""
         return self.schedule.timesteps
+
+    @property
+    def categorical_types(self) -> bool:
+        """Whether atom types are diffused as discrete labels (see ``type_process``)."""
+        return self.type_process is not None
 
     @property
     def feature_dim(self) -> int:
@@ -116,6 +137,8 @@ class EquivariantDiffusion(nn.Module):
         if self.parameterization.name == "eps":
             return out
         alpha, sigma = self._alpha_sigma_atoms(t, batch)
+        if self.type_process is not None:  # the feature output holds type logits: only positions convert
+            return self.parameterization.to_eps((out[0], h), (pos, h), alpha, sigma)[0], out[1]
         return self.parameterization.to_eps(out, (pos, h), alpha, sigma)
 
     def predict_x0(
@@ -223,6 +246,8 @@ class EquivariantDiffusion(nn.Module):
         s = (t_int - 1).clamp(min=0).to(pos.dtype) / T
         gamma_t, gamma_s = self.schedule.gamma(t), self.schedule.gamma(s)
         eps_pos, eps_h = noise if noise is not None else self.sample_noise(batch, B, pos.dtype, generator)
+        if self.type_process is not None:
+            return self._categorical_loss(mol, pos, eps_pos, t, gamma_t, t_int, generator)
         z_pos, z_h = self.q_sample(pos, h, gamma_t, batch, eps_pos, eps_h)
         if not self.weighting.on_eps:
             return self._x0_loss(mol, pos, h, z_pos, z_h, t, gamma_t, t_int)
@@ -259,6 +284,39 @@ class EquivariantDiffusion(nn.Module):
         zero = torch.zeros_like(loss)
         return LossOutput(loss=loss, error_t=err, kl_prior=zero, t_int=t_int)
 
+    def _categorical_loss(
+        self, mol: MolBatch, pos: torch.Tensor, eps_pos: torch.Tensor, t: torch.Tensor, gamma_t: torch.Tensor,
+        t_int: torch.Tensor, generator: torch.Generator | None,
+    ) -> LossOutput:
+        """Positions as configured (EDM's ``eps`` L2 or the weighted ``x0`` error) + type cross-entropy."""
+        B, batch = mol.num_graphs, mol.batch
+        alpha, sigma = self._alpha_sigma_atoms(t, batch)
+        z_pos = alpha * pos + sigma * eps_pos
+        x0_types = mol.one_hot.to(pos.dtype)
+        x_t = self.type_process.q_sample(x0_types, t[batch], generator=generator).to(pos.dtype)
+        out_pos, logits = self.denoiser(z_pos, x_t / self.norm_values[1], t, batch, mol.context)
+        max_n = int(torch.bincount(batch, minlength=B).max())
+        if self.weighting.on_eps:
+            eps_hat = self.parameterization.to_eps((out_pos, x_t), (z_pos, x_t), alpha, sigma)[0]
+            err = scatter_sum(((eps_pos - eps_hat) ** 2).sum(1), batch, B)
+            pos_loss = 0.5 * err / (3 * max_n)
+        else:
+            x0_hat = self.parameterization.to_x0((out_pos, x_t), (z_pos, x_t), alpha, sigma)[0]
+            err = scatter_sum(((pos - x0_hat) ** 2).sum(1), batch, B)
+            pos_loss = 0.5 * self.weighting.x0_weight(torch.exp(-gamma_t)) * err / max_n
+        ce = scatter_sum(self.type_process.loss(logits, x0_types, t[batch]), batch, B)
+        loss = pos_loss + self.type_loss_weight * ce / max_n
+        return LossOutput(loss=loss, error_t=err, kl_prior=torch.zeros_like(loss), t_int=t_int)
+
+    def reverse_types(
+        self, x_t: torch.Tensor, logits: torch.Tensor, t: torch.Tensor, s: torch.Tensor, batch: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Categorical types: ``x_s ~ p(x_s | x_t)`` from the network's clean-type logits (one-hot ``[N, K]``)."""
+        if self.type_process is None:
+            raise ValueError("reverse_types needs a categorical type process")
+        return self.type_process.reverse_sample(x_t, logits, t[batch], s[batch], generator=generator).to(logits.dtype)
+
     @torch.no_grad()
     def nll(self, mol: MolBatch, generator: torch.Generator | None = None) -> torch.Tensor:
         """Unbiased variational bound ``-log p(x, h | N)`` per molecule (two network calls).
@@ -269,6 +327,8 @@ class EquivariantDiffusion(nn.Module):
         """
         pos, h = self.normalize(mol)
         B, batch, T = mol.num_graphs, mol.batch, self.timesteps
+        if self.type_process is not None:  # no bound for the mixed continuous/discrete model (yet)
+            return torch.full((B,), float("nan"), dtype=pos.dtype, device=pos.device)
         dev = pos.device
         t_int = torch.randint(1, T + 1, (B,), generator=generator).to(dev)
         t, s = t_int.to(pos.dtype) / T, (t_int - 1).to(pos.dtype) / T
@@ -348,7 +408,7 @@ class EquivariantDiffusion(nn.Module):
         pos = remove_mean(x_hat + (s0 / a0) * noise_pos, batch, num_graphs) * self.norm_values[0]
         # EDM takes the argmax of z_0 itself (not of a network output). EDM slices z0[:, 3:-1] even
         # without charges, which drops the last class; we slice by num_classes (see docs/metrics.md).
-        types = torch.argmax(z_h[:, : self.num_classes], dim=1)
+        types = torch.argmax(z_h[:, : self.num_classes], dim=1)  # categorical: z_h is the final one-hot
         if self.include_charges:
             charges = torch.round(z_h[:, self.num_classes] * self.norm_values[2]).long()
         else:

@@ -178,6 +178,7 @@ class Sampler:
         context: torch.Tensor | None = None, method: str = "ancestral", eps_fn: EpsFn | None = None,
         keep_chain: int = 0, progress: bool = False, device: torch.device | str | None = None,
         eta: float = 0.0, z_T: tuple[torch.Tensor, torch.Tensor] | None = None,
+        on_step: Callable[[], None] | None = None,
     ) -> SampleOutput:
         """Sample one molecule per entry of ``num_atoms``.
 
@@ -196,6 +197,7 @@ class Sampler:
                 when ``None``. With ``ddim`` (``eta = 0``) and ``dpm2`` the trajectory is then a
                 deterministic function of ``z_T``; only the final ``p(x | z_0)`` draw (std
                 ``sigma_0 / alpha_0``, about 0.003) uses the seed.
+            on_step: called after every denoising step (e.g. to advance an outer progress bar).
 
         Returns:
             :class:`SampleOutput`.
@@ -225,6 +227,22 @@ class Sampler:
                 return eps_fn(zp, zh, t)
             return proc.denoise(zp, zh, t, batch, context)
 
+        categorical = getattr(proc, "type_process", None) is not None
+        if categorical and eps_fn is not None:
+            raise ValueError("guidance / eps_fn is not supported with categorical atom types")
+        norm_h = proc.norm_values[1]
+        types_now: list[torch.Tensor] = []  # categorical: current one-hot types / norm_h (network input)
+
+        def net_at(zp: torch.Tensor, zh: torch.Tensor, t: torch.Tensor,
+                   s: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+            """Noise prediction; with categorical types also draws the types at ``s`` from the logits."""
+            if not categorical:
+                return eps_at(zp, zh, t)
+            eps_pos, logits = eps_at(zp, types_now[0], t)
+            if s is not None:
+                types_now[0] = proc.reverse_types(types_now[0] * norm_h, logits, t, s, batch, gen) / norm_h
+            return eps_pos, torch.zeros_like(zh)
+
         if z_T is None:
             z_pos = sample_zero_com_gaussian(batch.cpu(), B, gen, dtype).to(device)
             z_h = torch.randn(batch.shape[0], proc.feature_dim, generator=gen, dtype=dtype).to(device)
@@ -234,6 +252,9 @@ class Sampler:
                 raise ValueError(f"z_T must be shaped ([{n_at}, 3], [{n_at}, {proc.feature_dim}])")
             z_pos = remove_mean(z_T[0].to(device=device, dtype=dtype), batch, B)
             z_h = z_T[1].to(device=device, dtype=dtype)
+        if categorical:
+            z_h = proc.type_process.prior_sample(batch.shape[0], generator=gen, dtype=dtype).to(device) / norm_h
+            types_now.append(z_h)
         chain = [] if keep_chain else None
         keep_at = set(torch.linspace(0, steps - 1, keep_chain).round().long().tolist() if keep_chain else [])
         if method == "ancestral":
@@ -246,33 +267,44 @@ class Sampler:
                 s = torch.full((B,), s_val / T, dtype=dtype, device=device)
                 noise = tuple(x.to(device) for x in proc.sample_noise(batch.cpu(), B, dtype, gen))
                 z_pos, z_h = proc.p_zs_given_zt(
-                    z_pos, z_h, t, s, batch, B, context, noise=noise, eps=eps_at(z_pos, z_h, t)
+                    z_pos, z_h, t, s, batch, B, context, noise=noise, eps=net_at(z_pos, z_h, t, s)
                 )
+                if categorical:
+                    z_h = types_now[0]
                 if chain is not None and k in keep_at:
                     chain.append((z_pos.cpu().clone(), z_h[:, : proc.num_classes].argmax(1).cpu()))
+                if on_step is not None:
+                    on_step()
         else:
             bar = tqdm(total=steps, desc=f"sampling ({method})", unit="step", leave=False,
                        disable=not progress)
 
             def eps_k(z: tuple[torch.Tensor, ...], k: int) -> tuple[torch.Tensor, torch.Tensor]:
-                return eps_at(z[0], z[1], torch.full((B,), int(grid[k]) / T, dtype=dtype, device=device))
+                t_k = torch.full((B,), int(grid[k]) / T, dtype=dtype, device=device)
+                s_k = torch.full((B,), int(grid[k + 1]) / T, dtype=dtype, device=device)
+                return net_at(z[0], z[1], t_k, s_k)
 
             def noise_k(k: int) -> tuple[torch.Tensor, ...]:
                 return tuple(x.to(device) for x in proc.sample_noise(batch.cpu(), B, dtype, gen))
 
             def after_step(k: int, z: tuple[torch.Tensor, ...]) -> None:
                 bar.update(1)
+                if on_step is not None:
+                    on_step()
                 if chain is not None and k in keep_at:
-                    chain.append((z[0].cpu().clone(), z[1][:, : proc.num_classes].argmax(1).cpu()))
+                    zh = types_now[0] if categorical else z[1]
+                    chain.append((z[0].cpu().clone(), zh[:, : proc.num_classes].argmax(1).cpu()))
 
             z_pos, z_h = solve(
                 method, (z_pos, z_h), eps_k, grid_gammas(proc.schedule, grid), eta=eta, noise_fn=noise_k,
                 project=lambda z: (remove_mean(z[0], batch, B), z[1]), callback=after_step,
             )
             bar.close()
+            if categorical:
+                z_h = types_now[0]
         t0 = torch.zeros(B, dtype=dtype, device=device)
         pos, types, charges = proc.sample_p_xh_given_z0(
-            z_pos, z_h, batch, B, context, generator=gen, eps=eps_at(z_pos, z_h, t0)
+            z_pos, z_h, batch, B, context, generator=gen, eps=net_at(z_pos, z_h, t0)
         )
         return SampleOutput(pos=pos, types=types, charges=charges, batch=batch, num_graphs=B, chain=chain)
 
@@ -300,7 +332,8 @@ class Sampler:
             eps_fn_for: ``slice -> eps_fn`` for a batch's molecules (e.g. per-batch guidance), or ``None``.
             rank: this process's shard (``0 <= rank < world_size``).
             world_size: number of processes sharing the batches.
-            progress: a tqdm bar over molecules (this rank's share).
+            progress: a tqdm bar over the denoising steps of this rank's batches (it advances every
+                step, not only when a batch finishes), with the molecules done as a postfix.
             **kwargs: passed to :meth:`sample` (``steps``, ``method``, ``eta``, ``eps_fn``, ``device`` ...);
                 ``keep_chain`` and ``z_T`` are not supported here.
 
@@ -320,10 +353,20 @@ class Sampler:
         mine = [(k, sl) for k, sl in enumerate(plan) if k % world_size == rank]
         total = sum(sl.stop - sl.start for _, sl in mine)
         fits: list[int] = []  # after an out-of-memory error: the atom count known to fit
-        with tqdm(total=total, desc="sampling", unit="mol", disable=not progress) as bar:
+        steps = int(kwargs.get("steps") or self.process.timesteps)
+        with tqdm(total=len(mine) * steps, desc="sampling", unit="step", disable=not progress) as bar:
+            done = 0
+            bar.set_postfix_str(f"0/{total} molecules")
+            step_kwargs = {**kwargs, "on_step": (lambda: bar.update(1)) if progress else kwargs.get("on_step")}
             for k, sl in mine:
-                out = self._sample_fitting(num_atoms, sl, batch_seed(seed, k), context, eps_fn_for, kwargs, fits)
-                bar.update(sl.stop - sl.start)
+                start = bar.n
+                out = self._sample_fitting(num_atoms, sl, batch_seed(seed, k), context, eps_fn_for, step_kwargs,
+                                           fits)
+                if bar.n - start != steps:  # an out-of-memory split ran the batch in parts: count it once
+                    bar.n = start + steps
+                    bar.refresh()
+                done += sl.stop - sl.start
+                bar.set_postfix_str(f"{done}/{total} molecules")
                 yield k, sl, out
 
     def _sample_fitting(

@@ -6,10 +6,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
 from moldiff.config import ExperimentConfig
+from moldiff.data.arrays import atom_ranges
 from moldiff.data.datasets import load_dataset
 from moldiff.data.loader import MolLoader
 from moldiff.data.splits import get_split
@@ -86,6 +88,10 @@ def run_training(
         val_rows = None
     if val_rows is not None and tc.val_molecules:
         val_rows = val_rows[: tc.val_molecules]
+    n_val = 0 if val_rows is None else len(val_rows)
+    if len(rows) == 0 or n_val == 0:
+        raise ValueError(f"dataset {dc.dataset!r} is too small to split: {len(rows)} training and {n_val} "
+                         "validation molecules; training needs both (import at least 10 molecules)")
     norms = {}
     if dc.conditioning:
         # EDM normalises properties with the validation split's mean and MAD.
@@ -109,7 +115,11 @@ def run_training(
             train.arrays.n_atoms[rows], {k: arrays.properties[k][rows] for k in dc.conditioning}
         )
         stats["property_distribution"] = prop_dist.to_dict()
-    process = build_process(config, len(train.elements), len(dc.conditioning))
+    type_prior = None
+    if config.diffusion.atom_types == "categorical":  # the limit of categorical types: the data's marginal
+        types = train.arrays.type_index[atom_ranges(train.arrays.ptr[rows], train.arrays.n_atoms[rows])]
+        type_prior = torch.as_tensor(np.bincount(types, minlength=len(train.elements)), dtype=torch.float64)
+    process = build_process(config, len(train.elements), len(dc.conditioning), type_prior=type_prior)
     trainer = Trainer(
         process, config, stats, train_batches=train.iter_batches, out_dir=out_dir,
         val_batches=None if val is None else val.iter_batches, device=device, progress=progress,
