@@ -7,8 +7,12 @@ raised for bad input becomes a one-line ``moldiff: error: ...`` message and exit
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import signal
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -45,6 +49,145 @@ def _nonneg_int(text: str) -> int:
     return v
 
 
+#: Largest ``--num``: more is a typo, not a run (each molecule is sampled and kept in memory).
+MAX_NUM = 10**9
+#: Seeds are 32-bit (NumPy's ``RandomState`` limit; torch seeds derive from them).
+MAX_SEED = 2**32 - 1
+
+
+def _num(text: str) -> int:
+    v = _positive_int(text)
+    if v > MAX_NUM:
+        raise argparse.ArgumentTypeError(f"expected at most {MAX_NUM:,} molecules, got {text!r}")
+    return v
+
+
+def _seed(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text[:40]!r}") from None
+    if not 0 <= v <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"seed must be between 0 and {MAX_SEED} (2^32 - 1), got {text[:40]}")
+    return v
+
+
+def _finite_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text[:40]!r}") from None
+    if v != v or v in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text[:40]!r}")
+    return v
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the example epilogs as written and appends ``(default: X)`` to options that have one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("default" not in text and action.option_strings and action.nargs != 0
+                and default not in (None, False, [], "")
+                and default is not argparse.SUPPRESS):
+            text += " (default: %(default)s)"
+        return text
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (``moldiff: error: ...``, exit 2) instead of the usage block."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        message = " ".join(str(message).split())
+        self.exit(2, f"moldiff: error: {message} (see '{self.prog} --help')\n")
+
+
+def _check_output(path: str | Path, what: str, directory: bool = False) -> None:
+    """Refuse an output path that cannot be written, before any work is done (``CLIError``).
+
+    Args:
+        path: the output file (or run directory with ``directory=True``).
+        what: the option's name, for the message.
+        directory: the output is a directory (created if missing) rather than a file.
+    """
+    p = Path(path)
+    if not str(path).strip():
+        raise CLIError(f"{what}: empty path")
+    if directory:
+        if p.exists() and not p.is_dir():
+            raise CLIError(f"{what} {p} exists and is not a directory")
+    elif p.is_dir():
+        raise CLIError(f"{what} {p} is a directory; give a file name, e.g. {p / ('out' + (p.suffix or '.sdf'))}")
+    elif str(path).endswith(os.sep):
+        raise CLIError(f"{what} {p}: give a file name, not a directory")
+    # the first existing ancestor must be a writable directory (missing levels are created there)
+    base = p if directory else p.parent
+    base = base if str(base) else Path(".")
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if not base.is_dir():
+        raise CLIError(f"{what} {p}: {base} is not a directory")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".moldiff-write-test.", dir=base)
+    except OSError as exc:
+        raise CLIError(f"{what} {p}: cannot write to {base} ({exc.strerror or type(exc).__name__})") from None
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
+
+
+class _Terminated(KeyboardInterrupt):
+    """Raised in the main thread on SIGTERM, so that ``finally`` blocks remove temporary files."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """While active, SIGTERM raises :class:`_Terminated` (main thread only; restored afterwards)."""
+    def handler(signum: int, frame: object) -> None:
+        raise _Terminated(signum)
+
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (e.g. called from a worker thread): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _interrupt_hint(args: argparse.Namespace) -> str:
+    """What an interrupted command left behind, and how to continue."""
+    if args.command == "train":
+        ckpt = Path(args.out) / "last.pt"
+        if not ckpt.is_file():
+            return "; no checkpoint was written yet, so there is nothing to resume"
+        step = "?"
+        with contextlib.suppress(Exception):
+            from moldiff.training.checkpoint import load_checkpoint
+
+            step = load_checkpoint(ckpt)["state"]["step"]
+        cond = f" --condition {args.condition}" if args.condition else ""
+        return (f"; the last checkpoint is {ckpt} (step {step}): continue with "
+                f"moldiff train --config {args.config} --out {args.out}{cond} --resume")
+    out = getattr(args, "out", None)
+    if args.command in ("sample", "relax") and out:
+        p = Path(out)
+        if p.is_file() and p.stat().st_mtime >= _STARTED[0]:
+            return f"; {out} was complete and is kept"
+        return f"; {out} was not written" + (" (the older file of that name is unchanged)" if p.exists() else "")
+    return ""
+
+
+_STARTED = [0.0]  # time.time() when main() started (tells a file written by this run from an older one)
+
+
 # ============================================================================ data
 def _add_data_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="prepare QM9 or import your own molecules")
@@ -55,7 +198,7 @@ def _add_data_parser(sub: argparse._SubParsersAction) -> None:
     imp.add_argument("file", help="input .sdf or .xyz file")
     imp.add_argument("--name", required=True, help="dataset name (used as data.dataset in configs)")
     imp.add_argument("--root", default=None, help="data directory (default: moldiff's data dir)")
-    imp.add_argument("--seed", type=int, default=0, help="seed of the train/valid/test split")
+    imp.add_argument("--seed", type=_seed, default=0, help="seed of the random 80/10/10 train/valid/test split")
     imp.add_argument("--overwrite", action="store_true", help="replace an existing dataset of that name")
     from moldiff.data.commands import add_build_parsers
 
@@ -68,6 +211,8 @@ def _run_data(args: argparse.Namespace) -> int:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr)
 
+    if getattr(args, "root", None) is not None:
+        _check_output(args.root, "--root", directory=True)
     if args.data_cmd == "prepare":
         arrays = prepare_qm9(root=args.root, progress=True, log=log)
         print(f"QM9 ready: {arrays.num_molecules} molecules, {arrays.num_atoms_total} atoms")
@@ -90,8 +235,12 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", required=True, help="YAML config (overlay on the defaults)")
     p.add_argument("--out", required=True, help="run directory (checkpoints, log.csv, loss.png)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
-    p.add_argument("--condition", default=None, help="comma-separated properties, e.g. alpha,gap")
-    p.add_argument("--init", default=None, help="start from the weights of this checkpoint or shipped model")
+    p.add_argument("--condition", default=None,
+                   help="train a conditional model on these comma-separated properties, e.g. alpha or alpha,gap "
+                        "(alpha, gap, homo, lumo, mu, Cv)")
+    p.add_argument("--init", default=None,
+                   help="start from the weights of this checkpoint or shipped model (e.g. qm9); "
+                        "the config must describe the same architecture")
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -106,6 +255,7 @@ def _run_train(args: argparse.Namespace) -> int:
         config = config.override(data={"conditioning": list(props)})
     if args.resume and args.init:
         raise CLIError("use either --resume or --init, not both")
+    _check_output(args.out, "--out", directory=True)
     init = None
     if args.init:
         from moldiff.pipeline import resolve_checkpoint
@@ -123,15 +273,16 @@ def _run_train(args: argparse.Namespace) -> int:
 def _add_sample_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="sample molecules from a trained model")
     p.add_argument("--model", default="qm9", help="shipped model name or checkpoint path (default: qm9)")
-    p.add_argument("--num", type=_positive_int, default=100, help="number of molecules")
+    p.add_argument("--num", type=_num, default=100, help="number of molecules")
     p.add_argument("--steps", type=_positive_int, default=None,
                    help="denoising steps (default: the model's recommended count, else its T)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="output file (.sdf or .xyz)")
+    p.add_argument("--seed", type=_seed, default=0,
+                   help="random seed (0 to 2^32-1); the same seed, model and options give the same molecules")
+    p.add_argument("--out", required=True, help="output file (.sdf or .xyz); written only when sampling finishes")
     p.add_argument("--format", choices=("sdf", "xyz"), default=None, help="default: from --out suffix")
     p.add_argument("--sampler", default=None,
                    help="ancestral, ddim, dpm2 or dpm2sde (default: the model's recommended sampler, else ancestral)")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity in [0, 1] (--sampler ddim)")
+    p.add_argument("--eta", type=_finite_float, default=0.0, help="DDIM stochasticity in [0, 1] (--sampler ddim)")
     p.add_argument("--batch-size", type=_positive_int, default=None, help="at most this many molecules per batch")
     p.add_argument("--batch-atoms", type=_positive_int, default=None,
                    help="atom budget per batch (default: automatic, from free GPU memory on CUDA)")
@@ -140,8 +291,18 @@ def _add_sample_parser(sub: argparse._SubParsersAction) -> None:
                    help="torch.compile the denoiser first (pays off for large runs; numerics differ slightly)")
     p.add_argument("--no-evaluate", dest="evaluate", action="store_false",
                    help="skip the printed quality summary (large runs: keeps memory flat)")
-    p.add_argument("--target", action="append", default=[], help="property target, e.g. alpha=80")
-    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance weight")
+    p.add_argument("--target", action="append", default=[], metavar="PROP=VALUE",
+                   help="property target for a conditional model qm9-<prop> (repeatable): alpha [Bohr^3], "
+                        "gap [meV], homo [meV], lumo [meV], mu [D], Cv [cal/(mol K)]; e.g. --model qm9-alpha "
+                        "--target alpha=80. Without --target a conditional model draws the property values from "
+                        "its training distribution p(c | N). Targets outside the training range are refused "
+                        "unless --allow-extrapolation")
+    p.add_argument("--allow-extrapolation", action="store_true",
+                   help="accept --target values outside the model's training range (expect poor, "
+                        "often disconnected molecules)")
+    p.add_argument("--guidance", type=_finite_float, default=None,
+                   help="classifier-free guidance weight w >= 0 (default: none, i.e. w = 0; needs a model "
+                        "trained with train.context_dropout > 0)")
     p.add_argument("--num-atoms", type=_positive_int, default=None, help="fix the number of atoms")
     p.add_argument("--grid", default=None, help="also draw the valid samples as a PNG molecule grid")
     p.add_argument("--relax", choices=("mmff", "xtb"), default=None,
@@ -167,8 +328,11 @@ def _run_sample(args: argparse.Namespace) -> int:
     fmt = _output_format(args.out, args.format)
     if not Path(args.out).parent.resolve().is_dir():
         raise CLIError(f"output directory does not exist: {Path(args.out).parent}")
+    _check_output(args.out, "--out")  # before any work: a directory or read-only folder would lose the samples
     if args.grid and not args.evaluate:
         raise CLIError("--grid draws the evaluated molecules: drop --no-evaluate")
+    if args.grid:
+        _check_output(args.grid, "--grid")
     if args.relax == "xtb":
         from moldiff.relax import XTB_MISSING, xtb_available
 
@@ -180,6 +344,10 @@ def _run_sample(args: argparse.Namespace) -> int:
         if not model.conditioning:
             raise CLIError(f"model {args.model!r} is unconditional: --target/--guidance need a conditional model")
     target = parse_targets(args.target) if args.target else None
+    if model.conditioning and not target:
+        props = ", ".join(model.conditioning)
+        print(f"moldiff: note: no --target given: {props} values are drawn from the training distribution "
+              f"p(c | N); fix them with --target {model.conditioning[0]}=VALUE", file=sys.stderr)
     if args.compile:
         model.process.denoiser.compile(dynamic=True)
     shard = init_sharding(device)
@@ -210,6 +378,7 @@ def _sample_to_file(args: argparse.Namespace, model: MolDiff, fmt: str, target: 
             args.num, steps=steps, seed=args.seed, num_atoms=args.num_atoms, method=method, eta=args.eta,
             batch_size=args.batch_size, max_atoms_per_batch=args.batch_atoms, progress=shard.is_main,
             target=target, guidance=args.guidance, device=device, rank=shard.rank, world_size=shard.world_size,
+            allow_extrapolation=args.allow_extrapolation,
         )  # arguments are checked here, before any sampling
         ordered = gather_in_order(batches, shard)
         if not shard.is_main:
@@ -279,7 +448,8 @@ def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
                    help="novelty reference: 'qm9' (training-split SMILES) or a SMILES file (.txt/.txt.gz)")
     p.add_argument("--checks", default="edm",
                    help=f"comma-separated checks (edm is always run): {', '.join(CHECKS)}; or 'all'")
-    p.add_argument("--workers", type=_positive_int, default=1)
+    p.add_argument("--workers", type=_positive_int, default=1,
+                   help="processes that score molecules in parallel (chunks of 1000 molecules)")
     p.add_argument("--grid", default=None, help="draw the valid molecules as a PNG molecule grid")
 
 
@@ -296,6 +466,9 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     unknown = [c for c in checks if c not in CHECKS]
     if unknown:
         raise CLIError(f"unknown check(s) {', '.join(unknown)}; allowed: {', '.join(CHECKS)}, all")
+    for opt in ("json", "csv", "grid"):  # before any work
+        if getattr(args, opt):
+            _check_output(getattr(args, opt), f"--{opt}")
     records = read_molecules(args.file, strict=False)
     if not records:
         raise CLIError(f"{args.file}: no molecules found")
@@ -428,7 +601,7 @@ def _run_relax(args: argparse.Namespace) -> int:
 
 # ============================================================================ entry
 def _parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="moldiff", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="moldiff", description=DESCRIPTION, epilog=EXAMPLES["moldiff"], formatter_class=_Formatter)
     from moldiff import __version__
 
     parser.add_argument("--version", action="version", version=f"moldiff {__version__}")
@@ -438,7 +611,56 @@ def _parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     _add_sample_parser(sub)
     _add_evaluate_parser(sub)
     _add_relax_parser(sub)
+    _add_examples(parser, "moldiff")
     return parser.parse_args(argv)
+
+
+DESCRIPTION = ("Generate 3D molecules with an E(3)-equivariant diffusion model (EDM): sample from the shipped "
+               "QM9 models, train your own, and score molecules with EDM's metrics.")
+
+#: ``--help`` examples per command (``moldiff <command> [<subcommand>]``).
+EXAMPLES: dict[str, str] = {
+    "moldiff": """quickstart:
+  moldiff sample --num 10 --out samples.sdf              # shipped QM9 model, about a minute on a CPU
+  moldiff evaluate samples.sdf                           # EDM stability / validity / uniqueness
+  moldiff train --config benchmarks/configs/tiny.yaml --out runs/tiny
+run 'moldiff <command> --help' for each command's options and examples""",
+    "moldiff data": """examples:
+  moldiff data prepare
+  moldiff data import my_molecules.sdf --name mine""",
+    "moldiff data prepare": """example:
+  moldiff data prepare              # cache QM9 arrays and EDM's splits under data/qm9""",
+    "moldiff data import": """example:
+  moldiff data import my_molecules.sdf --name mine   # then set data.dataset: mine in a training config""",
+    "moldiff train": """examples:
+  moldiff train --config benchmarks/configs/tiny.yaml --out runs/tiny            # seconds, a smoke test
+  moldiff train --config benchmarks/configs/tiny.yaml --out runs/tiny --resume   # continue a stopped run
+  moldiff train --config my.yaml --out runs/ft --init qm9                        # fine-tune the shipped model
+  moldiff train --config benchmarks/configs/tiny.yaml --condition alpha --out runs/alpha""",
+    "moldiff sample": """examples:
+  moldiff sample --num 10 --out samples.sdf                  # shipped unconditional QM9 model
+  moldiff sample --model runs/tiny/last.pt --steps 50 --out mine.xyz
+  moldiff sample --model qm9-alpha --target alpha=80 --num 10 --out alpha80.sdf
+read the SDF with RDKit: Chem.SDMolSupplier("samples.sdf", sanitize=False) (some samples are hypervalent)""",
+    "moldiff evaluate": """examples:
+  moldiff evaluate samples.sdf
+  moldiff evaluate samples.sdf --reference qm9 --checks all --json summary.json --csv molecules.csv""",
+    "moldiff relax": """example:
+  moldiff relax samples.sdf --out relaxed.sdf --method mmff""",
+}
+
+
+def _add_examples(parser: argparse.ArgumentParser, name: str) -> None:
+    """Give ``parser`` and its subcommands (recursively) the one-line error, the formatter and examples."""
+    parser.formatter_class = _Formatter
+    if not isinstance(parser, _Parser):
+        parser.__class__ = _Parser  # subparsers made by another parser class
+    if parser.epilog is None and name in EXAMPLES:
+        parser.epilog = EXAMPLES[name]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub_name, sub in action.choices.items():
+                _add_examples(sub, f"{name} {sub_name}")
 
 
 _RUNNERS = {"data": "_run_data", "train": "_run_train", "sample": "_run_sample", "evaluate": "_run_evaluate",
@@ -446,16 +668,37 @@ _RUNNERS = {"data": "_run_data", "train": "_run_train", "sample": "_run_sample",
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Console entry point; returns the exit code (2 for bad input)."""
+    """Console entry point; returns the exit code.
+
+    2 for bad input (one line ``moldiff: error: ...``; argparse's own errors exit with 2 too), 130
+    after Ctrl-C and 143 after SIGTERM (one line; temporary files are removed, no partial output).
+    """
+    import time
+
+    _STARTED[0] = time.time()
     args = _parse_args(argv)  # argparse exits with code 2 on malformed arguments
     tune_cpu_allocator()  # keep large freed tensors in the process (see moldiff.runtime)
     runner = globals()[_RUNNERS[args.command]]
-    try:
-        return int(runner(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError) as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"moldiff: error: {msg}", file=sys.stderr)
-        return 2
+    with _terminate_as_interrupt():
+        try:
+            return int(runner(args) or 0)
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM via _terminate_as_interrupt
+            signum = exc.signum if isinstance(exc, _Terminated) else int(signal.SIGINT)
+            print(f"moldiff: interrupted ({signal.Signals(signum).name}){_interrupt_hint(args)}", file=sys.stderr)
+            return 128 + signum
+        except (ValueError, FileNotFoundError, KeyError, OSError) as exc:
+            print(f"moldiff: error: {_one_line(exc)}", file=sys.stderr)
+            return 2
+
+
+def _one_line(exc: BaseException) -> str:
+    """First line of an exception's message; ``OSError`` as ``path: reason``."""
+    if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    if isinstance(exc, KeyError) and exc.args:
+        return f"missing key {exc.args[0]!r}"
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -266,7 +266,8 @@ class ConditionalInputs:
 
 def conditional_inputs(model: Any, num: int, num_atoms: int | Sequence[int] | None,
                        target: Mapping[str, float] | None, guidance: float | None,
-                       generator: torch.Generator | None = None) -> ConditionalInputs:
+                       generator: torch.Generator | None = None,
+                       allow_extrapolation: bool = False) -> ConditionalInputs:
     """Atom counts and context for sampling ``num`` molecules from a conditional :class:`MolDiff`.
 
     Args:
@@ -277,12 +278,16 @@ def conditional_inputs(model: Any, num: int, num_atoms: int | Sequence[int] | No
             from ``p(c | N)``.
         guidance: guidance weight ``w >= 0``; ``w > 0`` needs a model trained with context dropout.
         generator: RNG.
+        allow_extrapolation: accept a target outside the training range ``[min, max]`` of the
+            property (with a warning); refused otherwise, since such samples are mostly scattered,
+            disconnected atoms.
 
     Returns:
         :class:`ConditionalInputs`.
 
     Raises:
-        ValueError: unknown/unconditioned property, negative or unsupported guidance, bad atom count.
+        ValueError: unknown/unconditioned property, negative or unsupported guidance, bad atom count,
+            target outside the training range (unless ``allow_extrapolation``).
     """
     keys = tuple(model.conditioning)
     target = dict(target or {})
@@ -296,6 +301,11 @@ def conditional_inputs(model: Any, num: int, num_atoms: int | Sequence[int] | No
     pdist = property_distribution(model.stats)
     for k, v in target.items():
         lo, hi = pdist.range(k)
+        if not lo <= v <= hi and not allow_extrapolation:
+            unit = f" {PROPERTIES[k].unit}" if k in PROPERTIES else ""
+            raise ValueError(f"target {k}={v:g} is outside the training range [{lo:.4g}, {hi:.4g}]{unit} of "
+                             f"model {model.name!r}; pass --allow-extrapolation (allow_extrapolation=True) "
+                             "to sample anyway")
         if not lo <= v <= hi:
             warnings.warn(f"target {k}={v:g} is outside the training range [{lo:.4g}, {hi:.4g}] "
                           f"{PROPERTIES[k].unit if k in PROPERTIES else ''}; expect poor control",

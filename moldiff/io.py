@@ -249,7 +249,8 @@ def _sdf_record(chem: Any, block: str, name: str) -> MoleculeRecord:
         raise ValueError("truncated record (no 'M  END' line)")
     mol = chem.MolFromMolBlock(block, sanitize=False, removeHs=False, strictParsing=True)
     if mol is None:
-        raise ValueError("RDKit cannot parse the mol block (wrong atom count or malformed line)")
+        raise ValueError(_molblock_problem(block) or "RDKit cannot parse the mol block (wrong atom count or "
+                         "malformed line)")
     symbols = [_symbol(a.GetSymbol()) if a.GetAtomicNum() > 0 else _symbol("*") for a in mol.GetAtoms()]
     if mol.GetNumConformers() == 0:
         raise ValueError("no coordinates")
@@ -258,6 +259,36 @@ def _sdf_record(chem: Any, block: str, name: str) -> MoleculeRecord:
     bonds = [(b.GetBeginAtomIdx(), b.GetEndAtomIdx(), float(b.GetBondTypeAsDouble())) for b in mol.GetBonds()]
     return MoleculeRecord(name=name, symbols=symbols, pos=pos, bonds=bonds, properties=_sdf_fields(block),
                           formal_charges=[a.GetFormalCharge() for a in mol.GetAtoms()])
+
+
+def _molblock_problem(block: str) -> str | None:
+    """Why RDKit refused a mol block, when it is an unknown element symbol (V2000 or V3000 atom lines)."""
+    lines = block.split("\n")
+    symbols: list[tuple[int, str]] = []
+    if len(lines) > 3 and "V3000" not in lines[3]:
+        try:
+            n_atoms = int(lines[3][:3])
+        except ValueError:
+            return None
+        for j in range(4, min(4 + n_atoms, len(lines))):
+            symbols.append((j + 1, lines[j][31:34].strip()))
+    else:
+        in_atoms = False
+        for j, line in enumerate(lines):
+            if line.startswith("M  V30 BEGIN ATOM"):
+                in_atoms = True
+            elif line.startswith("M  V30 END ATOM"):
+                break
+            elif in_atoms and line.startswith("M  V30 ") and len(line.split()) > 3:
+                symbols.append((j + 1, line.split()[3]))
+    from rdkit import Chem
+
+    table = Chem.GetPeriodicTable()
+    known = {table.GetElementSymbol(z) for z in range(1, 119)} | {"*", "R", "R#", "A", "Q", "L", "LP", "D", "T"}
+    for line_no, sym in symbols:
+        if sym and sym not in known:
+            return f"line {line_no}: unknown element symbol {sym!r}"
+    return None
 
 
 def _sdf_fields(block: str) -> dict[str, float]:
@@ -363,7 +394,9 @@ class _SdfSink:
         for k, mol in enumerate(mols, start=self.written + 1):
             if not isinstance(mol, self.mol_type):
                 raise ValueError(f"molecule {k}: expected an RDKit Mol, got {type(mol).__name__}")
-        for mol in mols:
+        for k, mol in enumerate(mols, start=self.written + 1):
+            if not (mol.HasProp("_Name") and mol.GetProp("_Name").strip()):
+                mol.SetProp("_Name", sdf_title(mol, k))
             self.writer.write(mol)
         self.written += len(mols)
         return len(mols)
@@ -371,6 +404,29 @@ class _SdfSink:
     def close(self) -> None:
         """Flush the SDWriter (the file itself belongs to the caller)."""
         self.writer.close()
+
+
+def sdf_title(mol: Any, index: int) -> str:
+    """Title line for an untitled molecule: ``"<index> <SMILES>"`` or ``"<index> invalid (...)"``.
+
+    The SMILES is RDKit's canonical SMILES of the whole molecule as bonded (fragments joined by
+    ``.``); ``invalid`` means RDKit cannot sanitise it (e.g. a hypervalent atom). ``mol`` is not changed.
+
+    >>> from rdkit import Chem
+    >>> sdf_title(Chem.MolFromSmiles("CO", sanitize=False), 3)
+    '3 CO'
+    """
+    from rdkit import Chem
+    from rdkit.rdBase import BlockLogs
+
+    with BlockLogs():
+        copy = Chem.Mol(mol)
+        try:
+            Chem.SanitizeMol(copy)
+            return f"{index} {Chem.MolToSmiles(Chem.RemoveHs(copy))}"
+        except Exception as exc:  # noqa: BLE001 - RDKit raises several types; any failure means "invalid"
+            reason = str(exc).strip().splitlines()[-1].strip() if str(exc).strip() else type(exc).__name__
+            return f"{index} invalid ({reason[:80]})"
 
 
 def write_xyz(path: str | Path, molecules: Iterable[MoleculeLike]) -> None:

@@ -92,6 +92,7 @@ class MolDiff:
         progress: bool = False, context: torch.Tensor | None = None, eps_fn: Any = None,
         target: dict[str, float] | None = None, guidance: float | None = None, eta: float = 0.0,
         device: str | torch.device | None = None, rank: int = 0, world_size: int = 1,
+        allow_extrapolation: bool = False,
     ) -> Iterator[tuple[int, list[tuple[list[str], np.ndarray]]]]:
         """Sample ``num`` molecules batch by batch: an iterator of ``(k, molecules)`` for batch ``k``, in order.
 
@@ -103,9 +104,13 @@ class MolDiff:
         single-process result (:func:`moldiff.sampling.sharding.gather_in_order` reassembles it).
         Batches are packed by atom count (``max_atoms_per_batch``, automatic by default: see
         :func:`moldiff.sampling.sampler.auto_batch_budget`), at most ``batch_size`` molecules each.
+        ``allow_extrapolation`` accepts targets outside the training range (refused otherwise).
+        ``progress`` shows one bar over all denoising steps of this rank's batches.
         """
         if num < 1:
             raise ValueError(f"number of molecules must be >= 1, got {num}")
+        if seed is not None and not 0 <= int(seed) < 2**32:
+            raise ValueError(f"seed must be between 0 and 2^32 - 1, got {seed}")
         T = self.process.timesteps
         if steps is not None and not 1 <= steps <= T:
             raise ValueError(f"--steps must be between 1 and T={T}, got {steps}")
@@ -120,7 +125,8 @@ class MolDiff:
         if self.conditioning and context is None:
             from moldiff.conditioning import conditional_inputs
 
-            cond = conditional_inputs(self, num, num_atoms, target, guidance, gen)
+            cond = conditional_inputs(self, num, num_atoms, target, guidance, gen,
+                                      allow_extrapolation=allow_extrapolation)
             num_atoms, context = cond.num_atoms, cond.context
         elif target or guidance is not None:
             raise ValueError(f"model {self.name!r} is unconditional: target/guidance need a conditional model")

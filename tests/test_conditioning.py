@@ -233,10 +233,12 @@ def test_unknown_or_untrained_property_refused():
         model.sample_raw(1, steps=2, target={"gap": 1.0})
 
 
-def test_out_of_range_target_warns_with_range():
+def test_out_of_range_target_refused_unless_allowed():
     model = _tiny_model()
-    with pytest.warns(UserWarning, match=r"outside the training range \[1[0-9.]+, 4[0-9.]+\]"):
+    with pytest.raises(ValueError, match=r"outside the training range \[1[0-9.]+, 4[0-9.]+\].*allow-extrapolation"):
         model.sample_raw(1, steps=2, target={"alpha": 500.0})
+    with pytest.warns(UserWarning, match=r"outside the training range \[1[0-9.]+, 4[0-9.]+\]"):
+        model.sample_raw(1, steps=2, target={"alpha": 500.0}, allow_extrapolation=True)
 
 
 def test_guidance_needs_dropout_model_and_non_negative_weight():
@@ -258,7 +260,11 @@ def test_cli_bad_targets_exit_2(tmp_path, capsys):
     assert "alpha" in capsys.readouterr().err
     assert main([*base, "--target", "alpha"]) == 2
     assert main([*base, "--target", "alpha=30", "--guidance", "1"]) == 0
-    assert main([*base, "--target", "alpha=900"]) == 0
+    capsys.readouterr()
+    assert main([*base, "--target", "alpha=900"]) == 2  # far outside the training range: refused ...
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "outside the training range" in err[0] and "--allow-extrapolation" in err[0]
+    assert main([*base, "--target", "alpha=900", "--allow-extrapolation"]) == 0  # ... unless asked for
     assert "outside the training range" in capsys.readouterr().err
 
 

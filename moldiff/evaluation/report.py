@@ -248,15 +248,35 @@ def jsonable(summary: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: Row labels of :func:`format_summary` that say which validity is which (EDM's counts a cloud of
+#: separate atoms as valid when its largest fragment sanitises).
+SUMMARY_LABELS: dict[str, str] = {
+    "validity": "validity (EDM, largest fragment)",
+    "validity_connected": "validity (connected molecule)",
+    "connected": "connected (single fragment)",
+}
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     """Small two-column text table of a summary (fractions shown as percentages).
 
-    >>> print(format_summary({"num_molecules": 2, "validity": 0.5}))
-    metric                         value
-    num_molecules                      2
-    validity                     50.00 %
+    EDM's validity (largest fragment) is always shown next to the connected validity (the molecule
+    is one fragment and sanitises); when they differ a note says how many "valid" molecules are
+    disconnected.
+
+    >>> print(format_summary({"num_molecules": 2, "validity": 0.5, "validity_connected": 0.5}))
+    metric                                  value
+    num_molecules                               2
+    validity (EDM, largest fragment)      50.00 %
+    validity (connected molecule)         50.00 %
     """
-    lines = [f"{'metric':<26}{'value':>10}"]
+    summary = dict(summary)
+    if "validity" in summary and "validity_connected" not in summary:
+        items = list(summary.items())
+        at = [k for k, _ in items].index("validity") + 1
+        items.insert(at, ("validity_connected", None))  # never EDM's number alone
+        summary = dict(items)
+    lines = [f"{'metric':<35}{'value':>10}"]
     for k, v in jsonable(summary).items():
         if v is None:
             text = "n/a"
@@ -266,5 +286,13 @@ def format_summary(summary: dict[str, Any]) -> str:
             text = f"{v:.3f}"
         else:
             text = f"{100 * v:.2f} %"
-        lines.append(f"{k:<26}{text:>10}")
+        lines.append(f"{SUMMARY_LABELS.get(k, k):<35}{text:>10}")
+    valid, connected = summary.get("validity"), summary.get("validity_connected")
+    n = summary.get("num_molecules")
+    known = all(isinstance(x, float | int) and x == x for x in (valid, connected))
+    if isinstance(n, int) and n and known:
+        loose = round((valid - connected) * n)
+        if loose > 0:
+            lines.append(f"note: {loose} of {round(valid * n)} EDM-valid molecules are disconnected (EDM scores "
+                         "only their largest fragment)")
     return "\n".join(lines)

@@ -156,6 +156,8 @@ class Trainer:
             raise ValueError(f"checkpoint {path} cannot be resumed: training state unreadable ({exc})") from None
         if self.rank > 0:  # other ranks derive their own stream from it, or every rank would draw the same t and noise
             self.gen.manual_seed(int(torch.randint(2**62, (1,), generator=self.gen)) + self.rank)
+        if self.rank == 0:
+            truncate_log(self.out_dir / "log.csv", self.state.step)
 
     def init_from(self, path: str | Path) -> None:
         """Start from the (EMA and raw) weights of another checkpoint, e.g. a shipped model."""
@@ -274,6 +276,38 @@ class Trainer:
         return st
 
 
+def truncate_log(log_csv: str | Path, step: int) -> int:
+    """Drop the rows of ``log_csv`` after ``step`` (written after the checkpoint a run resumes from).
+
+    A run killed between checkpoints has logged steps it will train again; without this the log
+    would hold them twice, out of order. Atomic; returns the number of rows dropped.
+    """
+    from moldiff.io import atomic_write
+
+    path = Path(log_csv)
+    if not path.is_file():
+        return 0
+    with open(path, newline="") as fh:
+        rows = list(csv.reader(fh))
+    if not rows:
+        return 0
+    header, body = rows[0], rows[1:]
+    col = header.index("step") if "step" in header else 0
+
+    def keep(row: list[str]) -> bool:
+        try:
+            return int(float(row[col])) <= step
+        except (ValueError, IndexError):
+            return False
+
+    kept = [r for r in body if keep(r)]
+    if len(kept) == len(body):
+        return 0
+    with atomic_write(path) as fh:
+        csv.writer(fh).writerows([header, *kept])  # csv's \r\n, as the trainer's DictWriter writes
+    return len(body) - len(kept)
+
+
 def plot_log(log_csv: str | Path, out_png: str | Path) -> None:
     """Plot training loss (and validation NLL / stability when logged) to a PNG."""
     import matplotlib
@@ -300,6 +334,11 @@ def plot_log(log_csv: str | Path, out_png: str | Path) -> None:
         ax2.legend(loc="upper right")
     fig.tight_layout()
     tmp = Path(out_png).with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, out_png)
+    try:
+        fig.savefig(tmp, dpi=100)
+        os.replace(tmp, out_png)
+    except BaseException:  # e.g. Ctrl-C while saving: leave no temporary file behind
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(fig)
