@@ -610,7 +610,7 @@ def build_dataset(
         log(f"shard {shard[0]}/{shard[1]}: built {out['chunks_done']} chunks ({out['molecules']} molecules, "
             f"{out['rejects']} rejects), {out['chunks_skipped']} already done")
     if merge if merge is not None else shard[1] == 1:
-        path, report = merge_build(name, root=root, overwrite=overwrite, log=log)
+        path, report = merge_build(name, root=root, overwrite=overwrite)
         out.update(report, dataset=str(path))
     elif log is not None:
         log(f"when every shard is done: moldiff data merge {name}" + (f" --root {root}" if root else ""))

@@ -13,6 +13,7 @@ any other name is a stored dataset under the data root (see :func:`~moldiff.data
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import tempfile
@@ -111,6 +112,9 @@ def write_dataset(
     stats = compute_statistics(arrays, splits, property_split=prop_split, provenance=provenance)
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=root))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp creates 0700; give the usual permissions
     try:
         arrays.save(staging / "processed" / f"{name}.npz")
         save_splits(staging / "splits.npz", splits, seed=seed, num_molecules=arrays.num_molecules)
