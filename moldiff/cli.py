@@ -621,7 +621,7 @@ DESCRIPTION = ("Generate 3D molecules with an E(3)-equivariant diffusion model (
 #: ``--help`` examples per command (``moldiff <command> [<subcommand>]``).
 EXAMPLES: dict[str, str] = {
     "moldiff": """quickstart:
-  moldiff sample --num 10 --out samples.sdf              # shipped QM9 model, about a minute on a CPU
+  moldiff sample --num 10 --out samples.sdf              # shipped QM9 model (seconds on a CPU)
   moldiff evaluate samples.sdf                           # EDM stability / validity / uniqueness
   moldiff train --config benchmarks/configs/tiny.yaml --out runs/tiny
 run 'moldiff <command> --help' for each command's options and examples""",
