@@ -24,6 +24,10 @@ from moldiff.data.arrays import MoleculeArrays
 class MolGraphDataset(InMemoryDataset):
     """Each item is ``Data(pos [n, 3] float32 Å, z [n] atomic numbers, charges [n] float32, y [1, P], idx [1])``.
 
+    Datasets with bonds add ``edge_index [2, 2E]`` (each bond in both directions, PyG's convention)
+    and ``edge_attr [2E]`` (bond-type codes 1, 2, 3, 4 = aromatic); with formal charges,
+    ``formal_charge [n]`` (long).
+
     Args:
         arrays: the molecules.
         rows: molecule indices to keep (default: all), in this order.
@@ -49,7 +53,17 @@ class MolGraphDataset(InMemoryDataset):
                     y=torch.from_numpy(y), idx=torch.from_numpy(sub.index.astype(np.int64)))
         ptr = torch.from_numpy(sub.ptr.astype(np.int64))
         per_mol = torch.arange(n + 1)
-        self.data, self.slices = data, {"pos": ptr, "z": ptr, "charges": ptr, "y": per_mol, "idx": per_mol}
+        slices = {"pos": ptr, "z": ptr, "charges": ptr, "y": per_mol, "idx": per_mol}
+        if sub.bond_ptr is not None:
+            pairs = sub.bond_index.astype(np.int64)
+            both = np.stack([pairs, pairs[:, ::-1]], axis=1).reshape(-1, 2)  # bond e -> edges 2e, 2e + 1
+            data.edge_index = torch.from_numpy(np.ascontiguousarray(both.T))
+            data.edge_attr = torch.from_numpy(np.repeat(sub.bond_type.astype(np.int64), 2))
+            slices["edge_index"] = slices["edge_attr"] = torch.from_numpy(2 * sub.bond_ptr.astype(np.int64))
+        if sub.formal_charge is not None:
+            data.formal_charge = torch.from_numpy(sub.formal_charge.astype(np.int64))
+            slices["formal_charge"] = ptr
+        self.data, self.slices = data, slices
         self.properties = tuple(properties)
 
     @classmethod

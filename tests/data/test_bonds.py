@@ -98,3 +98,20 @@ def test_qm9_style_sets_have_no_bond_fields(tmp_path):
         assert int(f["format_version"]) == 1 and "bond_index" not in f.files
     batch = next(iter(MolLoader(arrays, batch_size=1)))
     assert batch.bond_index is None and batch.bond_type is None and batch.formal_charge is None
+
+
+def test_pyg_dataset_carries_bonds(tmp_path):
+    from moldiff.data.pyg import MolGraphDataset
+
+    _write_fixture(tmp_path / "in.sdf")
+    import_dataset(tmp_path / "in.sdf", "chem", root=tmp_path)
+    arrays = load_dataset("chem", root=tmp_path)
+    ds = MolGraphDataset(arrays)
+    for k in range(len(SMILES)):
+        item = ds[k]
+        bonds = arrays.bonds(k)
+        assert item.edge_index.shape == (2, 2 * len(bonds)) and item.edge_attr.shape == (2 * len(bonds),)
+        assert item.edge_index[:, 0::2].T.tolist() == [[i, j] for i, j, _ in bonds]
+        assert item.edge_index[:, 1::2].T.tolist() == [[j, i] for i, j, _ in bonds]
+        assert item.formal_charge.tolist() == arrays.formal_charge[arrays.ptr[k]:arrays.ptr[k + 1]].tolist()
+        assert int(item.edge_index.max()) < item.num_nodes

@@ -184,3 +184,11 @@ def test_geom_pickles(tmp_path, capsys):
     assert set(arrays.smiles.tolist()) == {"CC(=O)Oc1ccccc1C(=O)O", "C[NH+](C)CCC(=O)[O-]"}
     rejects = (tmp_path / "geom" / "processed" / "rejects.tsv").read_text()
     assert "unreadable pickle" in rejects and "element filter: Si" in rejects
+
+
+def test_worker_processes_give_the_same_dataset(tmp_path):
+    data = ["CCO", "c1ccccc1O", "C1#CC1", "CC(=O)Nc1ccc(Cl)cc1", "CCN"]
+    opts = BuildOptions(chunk_size=2)
+    build_dataset("w1", smiles=data, options=opts, root=tmp_path, progress=False)
+    build_dataset("w2", smiles=data, options=opts, root=tmp_path, progress=False, workers=2)
+    _arrays_equal(load_dataset("w1", root=tmp_path), load_dataset("w2", root=tmp_path))
