@@ -64,6 +64,8 @@ class BuildOptions:
         seed: base seed of the embeddings and of the split.
         mmff_iters: MMFF optimisation iterations.
         chunk_size: molecules per chunk (the unit of resumption and sharding).
+        embed_timeout: seconds one ETKDG attempt may take (a pathological molecule becomes a reject
+            instead of stalling a shard).
     """
 
     num_conformers: int = 1
@@ -74,6 +76,7 @@ class BuildOptions:
     seed: int = 0
     mmff_iters: int = 2000
     chunk_size: int = 1000
+    embed_timeout: int = 60
 
     def __post_init__(self) -> None:
         if self.num_conformers < 1 or self.chunk_size < 1 or self.mmff_iters < 0 or self.min_heavy_atoms < 0:
@@ -210,6 +213,7 @@ def _embed(row: int, smiles: str, opts: BuildOptions, Chem: Any, AllChem: Any) -
     params = AllChem.ETKDGv3()
     params.randomSeed = (opts.seed * 1_000_003 + row) % 2_147_483_647
     params.numThreads = 1
+    params.timeout = opts.embed_timeout
     cids = list(AllChem.EmbedMultipleConfs(mol, numConfs=opts.num_conformers, params=params))
     if not cids:  # the usual fallback for hard cases (macrocycles, cages)
         params.useRandomCoords = True
