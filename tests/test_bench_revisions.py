@@ -1,19 +1,20 @@
-"""Tests for benchmarks/bench_revisions.py (cross-revision before/after rows)."""
+"""Tests for benchmarks/speed/bench_revisions.py (cross-revision before/after rows)."""
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-import bench_revisions  # noqa: E402 - benchmarks/ is not a package
+# benchmarks/ is not a package: load the script by path, as `python benchmarks/speed/bench_revisions.py` runs it
+_spec = importlib.util.spec_from_file_location("bench_revisions", ROOT / "benchmarks" / "speed" / "bench_revisions.py")
+bench_revisions = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench_revisions)
 
 
 @pytest.mark.parametrize(("text", "expected"), [

@@ -1,17 +1,18 @@
-"""Tests for benchmarks/steps_vs_quality.py's --merge mode (table and plot from saved rows)."""
+"""Tests for benchmarks/quality/steps_vs_quality.py's --merge mode (table and plot from saved rows)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-import steps_vs_quality  # noqa: E402 - benchmarks/ is not a package
+# benchmarks/ is not a package: load the script by path, as `python benchmarks/quality/steps_vs_quality.py` runs it
+_spec = importlib.util.spec_from_file_location("steps_vs_quality", ROOT / "benchmarks/quality/steps_vs_quality.py")
+steps_vs_quality = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(steps_vs_quality)
 
 
 def part(path: Path, sampler: str, seed: int = 0) -> Path:

@@ -1,24 +1,25 @@
 """Pack QM9's training split into one compact ``.npz`` for the GPU machine (no dataset there).
 
-    .venv/bin/python benchmarks/gpu/pack_qm9.py [--out .gpu/qm9_train.npz] [--float16]
+    .venv/bin/python benchmarks/ops/pack_qm9.py [--out .gpu/qm9_train.npz] [--float16]
         [--max-molecules N]
 
 Uses moldiff's data layer (:func:`moldiff.data.qm9.load_qm9`, :func:`moldiff.data.splits.get_split`).
 Keys: ``pos [A, 3]`` (float32, or float16 with ``--float16``; centred per molecule, so float16
 keeps ~0.004 Å resolution), ``atomic_numbers [A]`` uint8, ``ptr [M + 1]`` int64, ``elements``,
-``index [M]`` (QM9 GDB index), ``split`` (``"train"``). Load it back with :func:`load_packed`.
+``index [M]`` (QM9 GDB index), ``split`` (``"train"``). Load it back with ``load_packed`` of
+``benchmarks/_common.py`` (shared with ``train_resume.py``: scripts do not import one another).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
 
-from moldiff.data.arrays import MoleculeArrays, atom_ranges
-
-ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the shared _common helpers
+from _common import ROOT, load_packed  # noqa: E402
 
 
 def pack(out: Path, float16: bool = False, max_molecules: int | None = None, split: str = "train") -> Path:
@@ -41,19 +42,6 @@ def pack(out: Path, float16: bool = False, max_molecules: int | None = None, spl
         elements=np.array(arrays.elements), index=arrays.index.astype(np.int64), split=np.array(split),
     )
     return out
-
-
-def load_packed(path: str | Path, max_molecules: int | None = None) -> MoleculeArrays:
-    """Read a packed file back as :class:`~moldiff.data.arrays.MoleculeArrays` (float32 positions)."""
-    with np.load(path) as f:
-        pos, z, ptr = f["pos"].astype(np.float32), f["atomic_numbers"], f["ptr"]
-        elements, index = tuple(str(e) for e in f["elements"]), f["index"]
-    if max_molecules is not None and max_molecules < len(ptr) - 1:
-        atoms = atom_ranges(ptr[:max_molecules], np.diff(ptr)[:max_molecules])
-        pos, z, ptr, index = pos[atoms], z[atoms], ptr[: max_molecules + 1], index[:max_molecules]
-    m = len(ptr) - 1
-    return MoleculeArrays(pos=pos, atomic_numbers=z, ptr=ptr, elements=elements,
-                          names=np.array([f"gdb_{i}" for i in index]), index=index[:m])
 
 
 def main(argv: list[str] | None = None) -> None:

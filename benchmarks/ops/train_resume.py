@@ -1,11 +1,11 @@
 """Resume training of a moldiff checkpoint on packed QM9 within one short GPU command, then evaluate.
 
-    python benchmarks/gpu/train_resume.py --checkpoint moldiff/pretrained/qm9.pt \\
+    python benchmarks/ops/train_resume.py --checkpoint moldiff/pretrained/qm9.pt \\
         --data .gpu/qm9_train.npz --out "$OUT" --device cuda --max-minutes 7 [--bf16] [--compile]
 
 CPU smoke test (seconds)::
 
-    .venv/bin/python benchmarks/gpu/train_resume.py --checkpoint /tmp/tiny.pt --data .gpu/qm9_train.npz \\
+    .venv/bin/python benchmarks/ops/train_resume.py --checkpoint /tmp/tiny.pt --data .gpu/qm9_train.npz \\
         --out /tmp/resume --device cpu --max-minutes 0.2 --max-molecules 512 --eval-samples 16 --eval-steps 10
 
 Steps: load the checkpoint (resume exactly when it holds optimizer state, else start from its
@@ -32,8 +32,8 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pack_qm9 import load_packed  # noqa: E402  (same directory)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the shared _common helpers
+from _common import load_packed  # noqa: E402
 
 from moldiff.config import ExperimentConfig  # noqa: E402
 from moldiff.data.loader import MolLoader  # noqa: E402
@@ -59,7 +59,7 @@ def evaluate(process, elements: list[str], hist: dict, num: int, steps: int, met
     out = Sampler(process).sample_batched(counts, seed=seed, steps=steps, method=method, device=device)
     seconds = time.perf_counter() - t0
     mols = [([elements[i] for i in t.tolist()], p.double().numpy()) for t, p in out.split()]
-    try:  # RDKit may be missing on the GPU image; carry its wheel (benchmarks/gpu/README.md)
+    try:  # RDKit may be missing on the GPU image; carry its wheel (benchmarks/ops/README.md)
         from moldiff.evaluation import evaluate_molecules
 
         _, summary = evaluate_molecules(mols)

@@ -6,8 +6,8 @@ D_a (``first_half``) with valid-split mean/MAD; the conditional generator is tra
 between φ_c(molecule) and ``c`` is reported over all samples (no filtering). Baselines: Naive (φ_c on
 D_b with permuted labels), #Atoms (MLP on N/29 trained on D_a), QM9 (φ_c on D_b, true labels).
 
-    python benchmarks/qm9_conditional.py --reduced            # CPU: minutes per property
-    python benchmarks/qm9_conditional.py                      # full protocol: GPU work (days)
+    python benchmarks/quality/qm9_conditional.py --reduced            # CPU: minutes per property
+    python benchmarks/quality/qm9_conditional.py                      # full protocol: GPU work (days)
 
 ``--reduced`` shrinks every stage (numbers below); the full run uses benchmarks/configs/qm9_cond_*.yaml,
 a 7×128 classifier for 1000 epochs and 10,100 samples with 1000 steps, as EDM.
@@ -41,7 +41,7 @@ from moldiff.training.property import (
 )
 from moldiff.training.run import run_training
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[1]  # benchmarks/ (configs/, results/)
 #: EDM Table 3 (alpha Bohr³, gap/homo/lumo meV, mu D, Cv cal/(mol K)).
 PAPER = {
     "Naive": {"alpha": 9.01, "gap": 1470, "homo": 645, "lumo": 1457, "mu": 1.616, "Cv": 6.857},

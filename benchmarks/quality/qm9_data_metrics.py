@@ -1,6 +1,6 @@
 """Score the QM9 training split itself with moldiff's EDM metrics (the "Data" row of EDM Table 2).
 
-    .venv/bin/python benchmarks/qm9_data_metrics.py [--split train] [--workers 2] [--write-reference]
+    .venv/bin/python benchmarks/quality/qm9_data_metrics.py [--split train] [--workers 2] [--write-reference]
 
 Prints moldiff's figures beside those of EDM's own code on the same split and the paper's row, and
 writes benchmarks/results/qm9_data_metrics.json (and a per-molecule CSV under results/tmp/).
@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.util
 import json
 import math
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from moldiff.evaluation import edm_reference_smiles, evaluate_molecules, save_reference_smiles
@@ -27,41 +26,13 @@ from moldiff.evaluation.reference import REFERENCE_FILENAME
 from moldiff.evaluation.report import jsonable
 from moldiff.io import atomic_write
 
-RESULTS = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the shared _common helpers
+from _common import RESULTS, load_split  # noqa: E402
+
 #: EDM's own code on EDM's QM9 train split (shared/reference/edm_protocol.md §7.1, §2).
 EDM_CODE = {"atom_stability": 0.9936, "mol_stability": 0.9529, "validity": 0.9767, "uniqueness": 0.9996}
 #: EDM paper, Table 2, "Data" row.
 EDM_PAPER = {"atom_stability": 0.990, "mol_stability": 0.952, "validity": 0.977, "valid_and_unique": 0.977}
-
-
-def _qm9pack_split(split: str) -> list[tuple[list[str], np.ndarray]]:
-    """Fallback reader straight from the qm9pack CSVs (EDM split: seed-0 permutation of GDB order)."""
-    root = Path(list(importlib.util.find_spec("qm9pack").submodule_search_locations)[0]) / "data"
-    df = pd.concat([pd.read_csv(root / f"qm9_part{i}.csv", usecols=["Index", "Elements", "XYZ_Ang"])
-                    for i in (1, 2, 3)], ignore_index=True).sort_values("Index").reset_index(drop=True)
-    perm = np.random.RandomState(0).permutation(len(df))
-    rows = {"train": perm[:100000], "valid": perm[100000:117748], "test": perm[117748:]}[split]
-    out = []
-    for i in np.sort(rows):
-        syms = [s.strip(" '\"") for s in df.at[i, "Elements"].strip("[]").split(",")]
-        xyz = df.at[i, "XYZ_Ang"].replace("[", "").replace("]", "").split(",")
-        out.append((syms, np.array(xyz, dtype=np.float64).reshape(-1, 3).astype(np.float32)))
-    return out
-
-
-def load_split(split: str) -> tuple[list[tuple[list[str], np.ndarray]], str]:
-    """QM9 split as ``(symbols, pos)`` pairs (float32 Å, as EDM feeds them) and the source used."""
-    try:
-        from moldiff.data.qm9 import load_qm9
-        from moldiff.data.splits import get_split
-    except ImportError:
-        return _qm9pack_split(split), "qm9pack CSV (fallback reader)"
-    qm9 = load_qm9(progress=False)
-    mols = []
-    for i in get_split(split):
-        syms, pos = qm9.molecule(int(i))
-        mols.append((list(syms), np.asarray(pos, dtype=np.float32)))
-    return mols, "moldiff.data.load_qm9 + get_split"
 
 
 def _pct(x: float | None) -> str:
@@ -99,7 +70,7 @@ def main() -> None:
         "edm_code": EDM_CODE, "edm_paper": EDM_PAPER,
         "unstable_atom_counts": {k: int(v) for k, v in counts.items()},
         "seconds_evaluate": round(t_eval, 2), "workers": args.workers,
-        "command": f"python benchmarks/qm9_data_metrics.py --split {args.split} --workers {args.workers}",
+        "command": f"python benchmarks/quality/qm9_data_metrics.py --split {args.split} --workers {args.workers}",
         "date": datetime.date.today().isoformat(),
         "device": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores (no GPU)",
     }

@@ -1,6 +1,6 @@
 """Sample quality and time per sampler and step count (EDM metrics).
 
-    .venv/bin/python benchmarks/steps_vs_quality.py --model qm9 --num 500 \\
+    .venv/bin/python benchmarks/quality/steps_vs_quality.py --model qm9 --num 500 \\
         --steps 25 50 100 250 1000 --samplers ancestral ddim dpm2 dpm2sde [--device cpu] [--threads 2]
 
 ``--model`` is a shipped model name or any checkpoint path; ``--samplers`` takes registered names
@@ -17,26 +17,29 @@ process per sampler) and writes the three files, without sampling.
 
 Smoke test on a tiny random checkpoint (seconds)::
 
-    .venv/bin/python benchmarks/steps_vs_quality.py --make-random-checkpoint /tmp/tiny.pt
-    .venv/bin/python benchmarks/steps_vs_quality.py --model /tmp/tiny.pt --num 8 --steps 5 10 \\
+    .venv/bin/python benchmarks/quality/steps_vs_quality.py --make-random-checkpoint /tmp/tiny.pt
+    .venv/bin/python benchmarks/quality/steps_vs_quality.py --model /tmp/tiny.pt --num 8 --steps 5 10 \\
         --out /tmp/svq.json
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from bench_sampling import RESULTS, ROOT, load_config, machine, qm9_histogram, write_json  # same directory
 
 import moldiff
 from moldiff.evaluation import evaluate_molecules, load_reference_smiles
 from moldiff.runtime import tune_cpu_allocator
 from moldiff.sampling.sampler import DEFAULT_MAX_ATOMS_PER_BATCH, SAMPLERS, Sampler
 from moldiff.training.checkpoint import save_checkpoint
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the shared _common helpers
+from _common import RESULTS, ROOT, load_config, machine, qm9_histogram, write_json  # noqa: E402
 
 REFERENCE = ROOT / "data" / "qm9" / "train_smiles.txt.gz"
 COLUMNS = ("atom_stability", "mol_stability", "validity", "uniqueness", "novelty")

@@ -1,6 +1,6 @@
 """Speed of moldiff.evaluation on QM9-size molecules.
 
-    .venv/bin/python benchmarks/bench_evaluation.py [--num 10000] [--subset 1000]
+    .venv/bin/python benchmarks/speed/bench_evaluation.py [--num 10000] [--subset 1000]
 
 Times the EDM metrics (stability, validity, uniqueness, novelty against the QM9 train reference) on
 ``--num`` molecules of the QM9 test split, with 1 and 2 workers, and the slower optional checks
@@ -15,16 +15,17 @@ import datetime
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
-
-from qm9_data_metrics import load_split  # same directory
 
 from moldiff.evaluation import edm_reference_smiles, evaluate_molecules, load_reference_smiles
 from moldiff.io import atomic_write
 
-RESULTS = Path(__file__).resolve().parent / "results"
-REFERENCE = Path(__file__).resolve().parents[1] / "data" / "qm9" / "train_smiles.txt.gz"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the shared _common helpers
+from _common import RESULTS, ROOT, load_split  # noqa: E402
+
+REFERENCE = ROOT / "data" / "qm9" / "train_smiles.txt.gz"
 
 
 def _time(fn, repeat: int = 1):
@@ -75,7 +76,7 @@ def main() -> None:
               f"of EDM (≈ {extra * 10000 / len(sub):.0f} s per 10k, 1 worker)")
 
     record.update(
-        command=f"python benchmarks/bench_evaluation.py --num {args.num} --subset {args.subset}",
+        command=f"python benchmarks/speed/bench_evaluation.py --num {args.num} --subset {args.subset}",
         date=datetime.date.today().isoformat(),
         device=f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores (no GPU)",
     )

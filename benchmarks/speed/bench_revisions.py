@@ -1,6 +1,6 @@
 """Before/after rows across code revisions and process settings, each run in a fresh process.
 
-    .venv/bin/python benchmarks/bench_revisions.py --variant before=518870b \\
+    .venv/bin/python benchmarks/speed/bench_revisions.py --variant before=518870b \\
         --variant in-place=WORKTREE --variant in-place+malloc=WORKTREE:malloc \\
         [--workloads sample train] [--config small] [--threads 2] [--rounds 5]
 
@@ -17,7 +17,7 @@ Workloads (random weights of ``--config``; speed does not depend on them):
 * ``sample``: ``--sample-num`` QM9-size molecules (atom counts from QM9's train histogram) in one
   batch, ``--sample-steps`` steps of ``--method``, after a one-step warm-up;
 * ``train``: ``--train-steps`` trainer-style optimiser steps on a batch of 64 random QM9-size
-  molecules (``bench_training.train_steps``), after two warm-up steps;
+  molecules (``_common.train_steps``, as ``speed/bench_training.py``), after two warm-up steps;
 * ``cli``: the wall time of the whole command ``moldiff sample --model qm9 --num <--sample-num>
   --seed 0 --out <tmp>`` (start-up, the shipped model's recommended sampler, evaluation, writing),
   the README's headline; ``--threads`` does not apply (the CLI uses torch's default).
@@ -40,7 +40,9 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
+ROOT = HERE.parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+COMMON = str(HERE.parent)  # benchmarks/: the shared _common helpers, imported late (keeps the parent light)
 
 
 def child(args: argparse.Namespace) -> None:
@@ -53,9 +55,8 @@ def child(args: argparse.Namespace) -> None:
         if not tune_cpu_allocator():
             raise SystemExit("allocator tuning requested but not available")
     torch.set_num_threads(args.threads)
-    sys.path.insert(0, str(HERE))
-    from bench_sampling import atom_counts, load_config, random_process
-    from bench_training import random_batch, train_steps
+    sys.path.insert(0, COMMON)
+    from _common import atom_counts, load_config, random_batch, random_process, train_steps
 
     proc = random_process(load_config(args.config), "cpu")
     if args.child == "sample":
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--sample-steps", type=int, default=10)
     ap.add_argument("--method", default="dpm2sde")
     ap.add_argument("--train-steps", type=int, default=5)
-    ap.add_argument("--out", type=Path, default=HERE / "results" / "bench_revisions_cpu.json")
+    ap.add_argument("--out", type=Path, default=RESULTS / "bench_revisions_cpu.json")
     ap.add_argument("--child", choices=["sample", "train"], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -160,7 +161,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rows.append({"workload": workload, "variant": name, "revision": spec[name][0], "malloc_tuning": spec[name][1],
                      "seconds": med, "mol_per_s": count / med, "times": ts})
         print(f"{workload:6s} {name:24s} {med:8.3f} s  {count / med:8.1f} mol/s  {[round(t, 2) for t in ts]}")
-    from bench_sampling import machine, write_json  # noqa: E402 - after the children, keeps the parent light
+    sys.path.insert(0, COMMON)
+    from _common import machine, write_json  # after the children, keeps the parent light
 
     result = {"machine": machine("cpu", args.threads), "config": args.config,
               "sample": {"num": args.sample_num, "steps": args.sample_steps, "method": args.method},

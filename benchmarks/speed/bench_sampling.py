@@ -1,6 +1,6 @@
 """Sampling speed (molecules/s) per step count, batch size and sampler, with before/after rows.
 
-    .venv/bin/python benchmarks/bench_sampling.py [--device cpu|cuda] [--threads 1]
+    .venv/bin/python benchmarks/speed/bench_sampling.py [--device cpu|cuda] [--threads 1]
         [--configs edm small] [--batch-sizes 16 64 256] [--steps 25 50 100 1000] [--repeat 3]
         [--precision fp32 [bf16]]
 
@@ -15,19 +15,14 @@ alternating rounds so that load drift hits all alike): every sampler;
 ``node_projection`` off/on; ``torch.compile`` (first-call time reported apart). ``--precision``
 (``model.precision``: ``fp32``, ``bf16`` or both, interleaved) sets the denoiser's precision for
 every row, and each row records it; bf16 autocast works on CPU and CUDA. Writes
-``benchmarks/results/bench_sampling_<device>.json``.
-
-The helpers here are shared with ``bench_training.py`` and ``steps_vs_quality.py``.
+``benchmarks/results/bench_sampling_<device>.json``. Shared helpers (random processes, timing,
+machine info): ``benchmarks/_common.py``.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
-import platform
-import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -35,116 +30,22 @@ from typing import Any
 import torch
 
 from moldiff.config import ExperimentConfig
-from moldiff.pipeline import build_process
 from moldiff.runtime import tune_cpu_allocator
-from moldiff.sampling.priors import NodeCountDistribution
 from moldiff.sampling.sampler import Sampler
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
-CONFIGS = {"edm": ROOT / "benchmarks/configs/qm9_uncond.yaml",
-           "small": ROOT / "benchmarks/configs/qm9_cpu_small.yaml"}
-#: EDM's QM9 train histogram (protocol section 3.4), used when data/qm9/stats.json is absent.
-EDM_N_NODES = {22: 3393, 17: 13025, 23: 4848, 21: 9970, 19: 13832, 20: 9482, 16: 10644, 13: 3060, 15: 7796,
-               25: 1506, 18: 13364, 12: 1689, 11: 807, 24: 539, 14: 5136, 26: 48, 7: 16, 10: 362, 8: 49,
-               9: 124, 27: 266, 4: 4, 29: 25, 6: 9, 5: 5, 3: 1}
-
-
-# ---------------------------------------------------------------------- shared helpers
-def qm9_histogram() -> tuple[dict[int, int], str]:
-    """QM9 train atom-count histogram and where it came from."""
-    path = ROOT / "data" / "qm9" / "stats.json"
-    try:
-        hist = json.loads(path.read_text())["splits"]["train"]["n_atoms_histogram"]
-        return {int(k): int(v) for k, v in hist.items()}, str(path.relative_to(ROOT))
-    except (OSError, KeyError, ValueError):
-        return dict(EDM_N_NODES), "EDM configs/datasets_config.py"
-
-
-def atom_counts(num: int, seed: int = 0) -> torch.Tensor:
-    """``[num]`` atom counts drawn from QM9's train histogram."""
-    return NodeCountDistribution(qm9_histogram()[0]).sample(num, torch.Generator().manual_seed(seed))
-
-
-def load_config(name: str) -> ExperimentConfig:
-    """``edm`` / ``small``, the stem of a YAML in ``benchmarks/configs`` or a YAML path."""
-    named = ROOT / "benchmarks" / "configs" / f"{name}.yaml"
-    return ExperimentConfig.load_yaml(CONFIGS.get(name) or (named if named.is_file() else name))
-
-
-def random_process(config: ExperimentConfig, device: str, node_projection: bool = True, seed: int = 0,
-                   precision: str = "fp32"):
-    """A randomly initialised process for ``config`` (5 QM9 atom types), in eval mode on ``device``.
-
-    ``node_projection`` and ``precision`` override ``config.model``; they do not change the weights
-    (the same ``seed`` gives the same parameters in every mode).
-    """
-    config = config.override(model={"node_projection": node_projection, "precision": precision})
-    torch.manual_seed(seed)
-    return build_process(config, num_classes=5).to(device).eval()
-
-
-def variant_label(label: str, precision: str) -> str:
-    """Row label of a before/after variant: fp32 rows keep their historical names."""
-    return label if precision == "fp32" else f"{label}, {precision}"
-
-
-def sync(device: str) -> None:
-    """Wait for queued CUDA work (no-op on CPU)."""
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def timed(fn, repeat: int, device: str) -> tuple[float, list[float]]:
-    """Median and all wall times of ``repeat`` calls of ``fn``."""
-    times = []
-    for _ in range(repeat):
-        sync(device)
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), times
-
-
-def interleaved(fns: dict[str, Any], repeat: int, device: str) -> dict[str, tuple[float, list[float]]]:
-    """Time several variants in alternating rounds (A B C, A B C, ...): median and all times each.
-
-    On a shared machine the load drifts; alternating puts every variant under the same drift, so
-    before/after ratios are fairer than timing one variant after the other.
-    """
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeat):
-        for label, fn in fns.items():
-            times[label].append(timed(fn, 1, device)[0])
-    return {k: (statistics.median(v), v) for k, v in times.items()}
-
-
-def compile_denoiser(proc) -> str | None:
-    """``torch.compile`` the denoiser in place; returns an error message instead of raising."""
-    try:
-        proc.denoiser = torch.compile(proc.denoiser, dynamic=True)
-        return None
-    except Exception as exc:  # noqa: BLE001 - record any compiler failure honestly
-        return f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
-
-
-def machine(device: str, threads: int) -> dict[str, Any]:
-    """What the numbers were measured on."""
-    info = {"date": datetime.date.today().isoformat(), "python": platform.python_version(),
-            "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "threads": threads, "device": device,
-            "load_average": os.getloadavg()}
-    if device.startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Write ``obj`` as indented JSON."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=1))
-    print(f"wrote {path}")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the shared _common helpers
+from _common import (  # noqa: E402
+    RESULTS,
+    atom_counts,
+    build_variants,
+    interleaved,
+    load_config,
+    machine,
+    qm9_histogram,
+    random_process,
+    timed,
+    write_json,
+)
 
 
 # ---------------------------------------------------------------------- measurements
@@ -197,26 +98,6 @@ def method_rows(args, name: str, proc, bs: int = 64, steps: int = 10) -> list[di
                      "seconds": t, "mol_per_s": bs / t, "times": times})
         print(f"{name:6s} {precision} {method:9s} batch {bs} steps {steps}: {bs / t:8.2f} mol/s")
     return rows
-
-
-def build_variants(args, config: ExperimentConfig) -> tuple[dict[str, tuple[Any, str]], list[str], str | None]:
-    """Random processes for the before/after rows, per ``args.precision``: ``node_projection`` off / on
-    and (with ``args.compile``) compiled. Returns ``(label -> (process, precision), compile labels,
-    compile error or None)``."""
-    variants: dict[str, tuple[Any, str]] = {}
-    compile_labels, err = [], None
-    for precision in args.precision:
-        for flag in (False, True):
-            variants[variant_label(f"node_projection={flag}", precision)] = (
-                random_process(config, args.device, flag, precision=precision), precision)
-        if args.compile:
-            label = variant_label("torch.compile(dynamic=True)", precision)
-            compile_labels.append(label)
-            proc = random_process(config, args.device, True, precision=precision)
-            err = compile_denoiser(proc)
-            if err is None:
-                variants[label] = (proc, precision)
-    return variants, compile_labels, err
 
 
 def optimisation_rows(args, name: str, config: ExperimentConfig, bs: int = 64, steps: int = 10) -> list[dict]:

@@ -1,7 +1,7 @@
 """End-to-end sampling throughput of a large run: the path `moldiff sample` takes, minus file writing.
 
-    .venv/bin/python benchmarks/bench_scale.py --model qm9 --num 10000 --steps 100 --sampler dpm2 --device cuda
-    torchrun --standalone --nproc-per-node 4 benchmarks/bench_scale.py -- --num 100000 --device cuda
+    .venv/bin/python benchmarks/speed/bench_scale.py --model qm9 --num 10000 --steps 100 --sampler dpm2 --device cuda
+    torchrun --standalone --nproc-per-node 4 benchmarks/speed/bench_scale.py -- --num 100000 --device cuda
 
 Times :meth:`moldiff.pipeline.MolDiff.iter_samples` (``p(N)`` draw, atom-budget batches,
 automatic batch size on CUDA, out-of-memory split-and-retry) for ``--num`` molecules, gathered in
@@ -14,16 +14,19 @@ The goal of issue 5 is 10,000 QM9 molecules in under 60 s on one H100.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
 import torch
-from bench_sampling import RESULTS, machine, write_json  # same directory
 
 from moldiff.pipeline import load_model
 from moldiff.runtime import tune_cpu_allocator
 from moldiff.sampling.sampler import SAMPLERS
 from moldiff.sampling.sharding import gather_in_order, init_sharding, resolve_device
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the shared _common helpers
+from _common import RESULTS, machine, write_json  # noqa: E402
 
 
 def main() -> None:

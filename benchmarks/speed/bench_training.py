@@ -1,6 +1,6 @@
 """Training speed (molecules/s): forward + backward + EDM clipping + AdamW step, batch 64 of QM9 size.
 
-    .venv/bin/python benchmarks/bench_training.py [--device cpu|cuda] [--threads 1] [--configs small edm]
+    .venv/bin/python benchmarks/speed/bench_training.py [--device cpu|cuda] [--threads 1] [--configs small edm]
         [--batch-size 64] [--steps 5] [--repeat 3] [--precision fp32 [bf16]]
 
 Random weights and random QM9-size molecules (atom counts from QM9's train histogram, atom types
@@ -11,65 +11,34 @@ gradient clipping, AdamW with amsgrad). Each figure is the median over ``--repea
 load drift on a shared machine hits them alike. Before/after rows: ``node_projection`` off/on,
 ``torch.compile`` of the denoiser, each at every ``--precision`` (``model.precision``: ``fp32``,
 ``bf16`` or both; bf16 autocast works on CPU and CUDA; each row records its precision). Writes
-``benchmarks/results/bench_training_<device>.json``.
+``benchmarks/results/bench_training_<device>.json``. Shared helpers (random batches, the trainer-style
+step, timing): ``benchmarks/_common.py``.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from bench_sampling import (  # same directory
+
+from moldiff.runtime import tune_cpu_allocator
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the shared _common helpers
+from _common import (  # noqa: E402
     RESULTS,
-    atom_counts,
     build_variants,
     interleaved,
     load_config,
     machine,
     qm9_histogram,
+    random_batch,
+    train_steps,
     write_json,
 )
-
-from moldiff.runtime import tune_cpu_allocator
-from moldiff.training.trainer import GradClipper
-from moldiff.types import MolBatch
-
-#: QM9 train element frequencies (EDM protocol section 3.4; H, C, N, O, F).
-TYPE_FREQ = torch.tensor([923537, 635559, 101476, 140202, 2323], dtype=torch.float64)
-ATOMIC_NUMBERS = torch.tensor([1, 6, 7, 8, 9])
-
-
-def random_batch(batch_size: int, seed: int, device: str) -> MolBatch:
-    """A batch of random molecules with QM9's size and element statistics."""
-    g = torch.Generator().manual_seed(seed)
-    counts = atom_counts(batch_size, seed)
-    n = int(counts.sum())
-    types = torch.multinomial(TYPE_FREQ / TYPE_FREQ.sum(), n, replacement=True, generator=g)
-    batch = torch.repeat_interleave(torch.arange(batch_size), counts)
-    pos = torch.randn(n, 3, generator=g) * 1.5
-    mb = MolBatch(pos=pos, one_hot=torch.nn.functional.one_hot(types, 5).float(),
-                  charges=ATOMIC_NUMBERS[types].float().unsqueeze(1), batch=batch, num_graphs=batch_size)
-    return mb.to(device)
-
-
-def train_steps(proc, mb: MolBatch, steps: int):
-    """Closure running ``steps`` trainer-style optimiser steps on ``mb`` (precision: the process's own)."""
-    opt = torch.optim.AdamW(proc.parameters(), lr=1e-4, amsgrad=True, weight_decay=1e-12)
-    clipper = GradClipper()
-    gen = torch.Generator().manual_seed(0)
-    proc.train()
-
-    def run() -> None:
-        for _ in range(steps):
-            loss = proc.loss(mb, generator=gen).loss.mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            clipper([p for p in proc.parameters() if p.grad is not None])
-            opt.step()
-    return run
 
 
 def config_rows(args, name: str) -> list[dict[str, Any]]:

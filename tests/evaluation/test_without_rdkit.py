@@ -24,7 +24,7 @@ def run(code: str) -> subprocess.CompletedProcess:
 
 
 def test_trainer_pipeline_and_gpu_script_import_without_rdkit():
-    res = run("sys.path.insert(0, 'benchmarks/gpu'); import moldiff.training.trainer, moldiff.pipeline, train_resume\n"
+    res = run("sys.path.insert(0, 'benchmarks/ops'); import moldiff.training.trainer, moldiff.pipeline, train_resume\n"
               "from moldiff.evaluation import check_stability\n"
               "print(check_stability(['H', 'H'], [[0, 0, 0], [0.74, 0, 0]]))")
     assert res.returncode == 0, res.stderr
