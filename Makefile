@@ -39,8 +39,8 @@ test-all: install-dev
 	$(PY) -m pytest -q -m "" 
 
 bench: install-dev
-	$(PY) benchmarks/bench_sampling.py
-	$(PY) benchmarks/bench_training.py
+	$(PY) benchmarks/speed/bench_sampling.py
+	$(PY) benchmarks/speed/bench_training.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -14,7 +14,7 @@ def scatter_sum(src: torch.Tensor, index: torch.Tensor, num: int) -> torch.Tenso
 
     This is ``torch_geometric.utils.scatter(..., reduce="sum")`` written with torch's own
     ``index_add_``: importing ``torch_geometric`` also imports ``torch._dynamo``; without it,
-    ``moldiff sample --num 1`` went from 7.5 s to 4.1 s (``benchmarks/bench_revisions.py``,
+    ``moldiff sample --num 1`` went from 7.5 s to 4.1 s (``benchmarks/speed/bench_revisions.py``,
     ``benchmarks/README.md``).
 
     >>> scatter_sum(torch.tensor([1.0, 2.0, 4.0]), torch.tensor([0, 1, 1]), 3).tolist()

@@ -4,7 +4,7 @@ The EGNN allocates and frees many ``[E, F]`` edge tensors per network call (tens
 batch of 100 QM9 molecules). glibc's default ``malloc`` serves blocks that large with ``mmap`` and
 hands them back to the OS on ``free``, so every such tensor is page-faulted in again at its first
 write: removing that made sampling 1.4x faster on the 2-core CPU of ``benchmarks/README.md``
-(``benchmarks/bench_revisions.py``). :func:`tune_cpu_allocator` keeps freed memory inside the
+(``benchmarks/speed/bench_revisions.py``). :func:`tune_cpu_allocator` keeps freed memory inside the
 process instead, the effect of ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` set before
 start-up, applied from Python. PyTorch's CPU tuning guide recommends jemalloc or tcmalloc for the
 same reason; those need ``LD_PRELOAD`` before the interpreter starts, which a ``pip``-installed CLI cannot do,

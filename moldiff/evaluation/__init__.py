@@ -5,7 +5,7 @@ numpy, RDKit, pandas and PoseBusters. Metric definitions and units: ``docs/metri
 
 The names below load on first use (PEP 562), so that the numpy-only EDM stability check
 (:mod:`moldiff.evaluation.stability`, used by the trainer) imports on a machine without RDKit,
-e.g. a GPU box that only trains (``benchmarks/gpu/train_resume.py``).
+e.g. a GPU box that only trains (``benchmarks/ops/train_resume.py``).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ SMILES; molecules that fail to sanitise are dropped and disconnected ones keep t
 SMILES. The file holds the distinct SMILES, sorted, one per line (novelty only tests membership).
 
 The QM9 file is ``<data_root>/qm9/train_smiles.txt.gz``; the CLI (``moldiff evaluate --reference
-qm9``) and ``benchmarks/qm9_data_metrics.py --write-reference`` regenerate it from the data layer
+qm9``) and ``benchmarks/quality/qm9_data_metrics.py --write-reference`` regenerate it from the data layer
 (this module does not import it: evaluation is a leaf).
 """
 

@@ -138,7 +138,7 @@ def auto_batch_budget(process: torch.nn.Module, device: torch.device | str) -> t
     """``(max_atoms_per_batch, max_edges_per_batch)`` for sampling ``process`` on ``device``.
 
     On the CPU a batch of :data:`DEFAULT_MAX_ATOMS_PER_BATCH` atoms already saturates throughput
-    (``benchmarks/bench_sampling.py``), so there is no edge budget. On CUDA the edge budget is a
+    (``benchmarks/speed/bench_sampling.py``), so there is no edge budget. On CUDA the edge budget is a
     fraction of the free memory divided by the per-edge cost of the widest layer; the atom budget
     follows from it (QM9 molecules have about 17 edges per atom).
     """
