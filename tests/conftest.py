@@ -12,6 +12,13 @@ Sections (add new fixtures to the matching section, or start a new one at the en
 4. Tiny models: ``make_denoiser`` / ``make_process`` factories (hidden 16, 1 layer by default) so
    that tests stay fast on a 2-core CPU.
 
+Fixture *files* (data read by tests) live in ``tests/fixtures/``: ``small_mols.{sdf,xyz}`` (three small
+molecules: io and dataset import), ``expected.npz`` (golden regression, ``test_regression.py``),
+``golden_qm9.xyz`` (QM9 molecules with their expected metrics, ``tests/evaluation``). They moved there
+from ``tests/data/`` and ``tests/evaluation/``; ``tests/data/`` holds the tests of ``moldiff.data`` (a
+test folder, not data). Put new data files in ``tests/fixtures/`` and point at them with
+``Path(__file__).resolve().parents[k] / "fixtures"``.
+
 Test files import nothing from this module; they request fixtures by name.
 """
 

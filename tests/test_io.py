@@ -9,7 +9,7 @@ from rdkit import Chem
 from moldiff.constants import ATOMIC_NUMBERS
 from moldiff.io import MoleculeRecord, atomic_write, molecule_writer, read_molecules, write_sdf, write_xyz
 
-FIXTURES = Path(__file__).parent / "data"
+FIXTURES = Path(__file__).parent / "fixtures"
 WATER = "3\nwater\nO 0.0 0.0 0.1\nH 0.0 0.75 -0.5\nH 0.0 -0.75 -0.5\n"
 
 

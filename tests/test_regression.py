@@ -1,4 +1,4 @@
-"""Golden regression: a fixed denoiser forward pass, one reverse step and the loss vs tests/data/expected.npz.
+"""Golden regression: a fixed denoiser forward pass, one reverse step and the loss vs tests/fixtures/expected.npz.
 
 The file stores the *inputs and weights* as well as the outputs, so the comparison does not depend
 on torch's RNG or initialisers: it changes only if the maths of the EGNN, the denoiser, the schedule,
@@ -9,7 +9,7 @@ Regenerate (after an intended change only) with::
     MOLDIFF_REGEN_GOLDEN=1 .venv/bin/pytest tests/test_regression.py
 
 That run rewrites the file and FAILS on purpose, so a regeneration is never silently accepted;
-rerun without the switch, review ``git diff --stat tests/data/expected.npz`` and commit with a message
+rerun without the switch, review ``git diff --stat tests/fixtures/expected.npz`` and commit with a message
 saying why the numbers changed.
 """
 
@@ -27,7 +27,7 @@ from moldiff.diffusion.schedules import NoiseSchedule
 from moldiff.nn.denoiser import EGNNDenoiser
 from moldiff.types import MolBatch
 
-GOLDEN = Path(__file__).parent / "data" / "expected.npz"
+GOLDEN = Path(__file__).parent / "fixtures" / "expected.npz"
 REGEN = os.environ.get("MOLDIFF_REGEN_GOLDEN") == "1"
 K, FEATURES, HIDDEN, LAYERS, T = 5, 6, 16, 2, 1000
 RTOL, ATOL = 1e-9, 1e-12

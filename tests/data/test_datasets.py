@@ -6,7 +6,7 @@ import pytest
 from moldiff.cli import main
 from moldiff.data import get_split, import_dataset, load_dataset, load_stats
 
-FIXTURES = Path(__file__).parent
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 @pytest.mark.parametrize("fmt", ["xyz", "sdf"])

@@ -1,4 +1,4 @@
-"""Helpers: hand-built molecules and the golden QM9 molecules (tests/evaluation/golden_qm9.xyz)."""
+"""Helpers: hand-built molecules and the golden QM9 molecules (tests/fixtures/golden_qm9.xyz)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-GOLDEN = Path(__file__).with_name("golden_qm9.xyz")
+GOLDEN = Path(__file__).resolve().parents[1] / "fixtures" / "golden_qm9.xyz"
 
 # Tetrahedral methane, C-H 1.09 Å.
 _T = np.array([[1, 1, 1], [-1, -1, 1], [-1, 1, -1], [1, -1, -1]], dtype=float) / np.sqrt(3)
