@@ -5,11 +5,15 @@ rotations and atom orderings), not one frame: we compare rotation- and permutati
 sorted interatomic distances. After ~40 s of training on ammonia (QM9 row 1) most samples match
 the training geometry within 0.1 Å; we assert the median sample does and that every sample has
 the right composition.
+
+Marked ``slow`` (about 40 s on one CPU thread): deselected by ``make test`` / plain ``pytest``, run by
+``make test-all`` or ``pytest -m slow tests/test_overfit.py``.
 """
 
 import copy
 
 import numpy as np
+import pytest
 import torch
 
 from moldiff.config import ExperimentConfig
@@ -20,6 +24,7 @@ from moldiff.sampling.sampler import Sampler
 from moldiff.training.trainer import ema_update
 
 
+@pytest.mark.slow
 def test_overfit_one_qm9_molecule():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
