@@ -689,6 +689,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (ValueError, FileNotFoundError, KeyError, OSError) as exc:
             print(f"moldiff: error: {_one_line(exc)}", file=sys.stderr)
             return 2
+        except (EOFError, *_corrupt_file_errors()) as exc:  # np.load of a damaged .npz (zip / zlib errors)
+            print(f"moldiff: error: a data file is corrupt ({type(exc).__name__}: {_one_line(exc)}); rebuild it "
+                  "(moldiff data prepare, or data import --overwrite)", file=sys.stderr)
+            return 2
+        except Exception as exc:  # a bug, not bad input: one line (MOLDIFF_DEBUG=1 shows the traceback)
+            if os.environ.get("MOLDIFF_DEBUG"):
+                raise
+            print(f"moldiff: internal error: {type(exc).__name__}: {_one_line(exc)} (please report it; run with "
+                  "MOLDIFF_DEBUG=1 for the traceback)", file=sys.stderr)
+            return 1
+
+
+def _corrupt_file_errors() -> tuple[type[BaseException], ...]:
+    """What reading a damaged zip-based file (``.npz``) raises besides ``ValueError`` and ``OSError``."""
+    import zipfile
+    import zlib
+
+    return (zipfile.BadZipFile, zlib.error)
 
 
 def _one_line(exc: BaseException) -> str:

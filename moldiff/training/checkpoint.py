@@ -96,11 +96,17 @@ def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu", 
         with warnings.catch_warnings():  # e.g. torch's "pickle protocol 4" notice on a foreign pickle
             warnings.simplefilter("ignore")
             return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:  # weights_only refused a global: possibly hostile, never run
-        if "weights_only" in str(exc) or "global" in str(exc).lower():
-            raise ValueError(f"{what} {path} refused: it holds pickled objects other than plain data and "
-                             "tensors (loading it could run code)") from None
-        raise ValueError(f"{what} {path} is corrupt or not a moldiff {what} (UnpicklingError)") from None
+    except pickle.UnpicklingError as exc:  # the restricted unpickler stopped: nothing in the file ran
+        import re
+
+        text = str(exc)
+        glob = re.search(r"GLOBAL (\S+)", text)
+        if glob:  # a reference to a callable or class: the way pickles run code
+            raise ValueError(f"{what} {path} refused: it references {glob.group(1)}, which could run code on "
+                             "loading (moldiff files hold only plain data and tensors)") from None
+        op = re.search(r"Unsupported operand \d+", text)
+        raise ValueError(f"{what} {path} is corrupt or not a moldiff {what}: refused, it is not plain data and "
+                         f"tensors ({op.group(0) if op else 'unreadable pickle'})") from None
     except MemoryError:
         raise ValueError(f"{what} {path} is corrupt or not a moldiff {what} (MemoryError)") from None
     except Exception as exc:  # torch raises many types for truncated / non-checkpoint files
