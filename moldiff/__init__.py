@@ -20,6 +20,8 @@ _LAZY = {
     "MolDiff": "moldiff.pipeline",
     "load_model": "moldiff.pipeline",
     "build_process": "moldiff.pipeline",
+    "build_model": "moldiff.models",
+    "register_model": "moldiff.models",
     "shipped_models": "moldiff.pipeline",
     "evaluate_molecules": "moldiff.evaluation.report",
 }

@@ -79,12 +79,14 @@ class ModelConfig:
     mode, and configs written before these fields existed get the defaults.
 
     Attributes:
+        kind: the model family (``moldiff.models.MODEL_KINDS``; checked when the model is built).
         node_projection: compute the first edge-MLP layer per node and gather (same maths, fewer
             FLOPs; ``False`` is the per-edge form of EDM, kept for before/after benchmarks).
         precision: ``"fp32"`` or ``"bf16"`` (autocast of the invariant MLPs; positions, distances,
             the coordinate update and the centre-of-mass removal stay float32).
     """
 
+    kind: str = "egnn"
     hidden_nf: int = 256
     n_layers: int = 9
     attention: bool = True

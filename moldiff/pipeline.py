@@ -17,12 +17,14 @@ import torch
 
 from moldiff.config import ExperimentConfig
 from moldiff.diffusion.process import EquivariantDiffusion
+from moldiff.models import build_model
 from moldiff.sampling.priors import NodeCountDistribution
 from moldiff.sampling.sampler import SAMPLERS, Sampler
 from moldiff.training.checkpoint import load_checkpoint, load_state
-from moldiff.training.factory import build_process
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
+#: The public name of :func:`moldiff.models.build_model` (config -> untrained model), kept for scripts.
+build_process = build_model
 
 
 def shipped_models() -> list[str]:
@@ -189,7 +191,7 @@ def from_checkpoint(path: str | Path, device: str | torch.device = "cpu", use_em
     try:
         config = ExperimentConfig.from_dict(payload["config"])
         stats = payload["stats"]
-        process = build_process(config, len(stats["elements"]), int(stats.get("context_nf", 0)))
+        process = build_model(config, len(stats["elements"]), int(stats.get("context_nf", 0)))
     except (KeyError, RuntimeError, TypeError, AttributeError, IndexError) as exc:
         msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ValueError(f"checkpoint {path} does not match this moldiff version: {msg}") from None

@@ -10,7 +10,7 @@ import yaml
 
 from moldiff.config import DataConfig, DiffusionConfig, ExperimentConfig, ModelConfig, TrainConfig
 from moldiff.diffusion.schedules import SCHEDULES, NoiseSchedule
-from moldiff.training.factory import build_process
+from moldiff.models import build_model
 
 BENCHMARK_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "benchmarks" / "configs").glob("*.yaml"))
 
@@ -211,7 +211,7 @@ def test_wrong_type_rejected_with_value_error(value):
 @pytest.mark.parametrize("path", BENCHMARK_CONFIGS, ids=[p.stem for p in BENCHMARK_CONFIGS])
 def test_every_benchmark_config_loads_and_builds(path):
     cfg = ExperimentConfig.load_yaml(path)
-    proc = build_process(cfg, num_classes=5, context_nf=len(cfg.data.conditioning))
+    proc = build_model(cfg, num_classes=5, context_nf=len(cfg.data.conditioning))
     assert proc.denoiser.precision == cfg.model.precision
 
 

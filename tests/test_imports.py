@@ -32,8 +32,10 @@ ALLOWED: dict[str, frozenset[str] | str] = {
     "diffusion": frozenset({"types", "geometry"}),
     "sampling": frozenset({"diffusion", "types", "geometry", "constants"}),
     "evaluation": frozenset({"constants", "io"}),
+    "models": frozenset({"nn", "diffusion", "config", "types", "geometry", "conditioning"}),
     "training": frozenset(
         {
+            "models",
             "data",
             "nn",
             "diffusion",

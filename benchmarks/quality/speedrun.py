@@ -155,7 +155,7 @@ def cmd_throughput(args: argparse.Namespace) -> None:
     from moldiff.data.datasets import load_dataset
     from moldiff.data.loader import MolLoader
     from moldiff.data.splits import get_split
-    from moldiff.training.factory import build_process
+    from moldiff.models import build_model
     from moldiff.training.trainer import GradClipper
 
     torch.set_num_threads(args.threads)
@@ -167,7 +167,7 @@ def cmd_throughput(args: argparse.Namespace) -> None:
         name, _, over = spec.partition("=")
         cfg = apply_overrides(base, [o for o in over.split(",") if o])
         loader = MolLoader(arrays, rows, batch_size=cfg.train.batch_size, shuffle=True, seed=0)
-        proc = build_process(cfg, len(loader.elements))
+        proc = build_model(cfg, len(loader.elements))
         if cfg.train.compile:
             proc.denoiser.compile(dynamic=True)
         opt = torch.optim.AdamW(proc.parameters(), lr=cfg.train.lr, amsgrad=True)

@@ -16,7 +16,7 @@ from moldiff.data.datasets import load_dataset
 from moldiff.data.loader import MolLoader
 from moldiff.data.splits import get_split
 from moldiff.data.statistics import n_atoms_histogram, property_mean_mad
-from moldiff.training.factory import build_process
+from moldiff.models import build_model
 from moldiff.training.trainer import Trainer, TrainState
 
 _SPLIT_NAMES = {"train": "train", "first_half": "first_half", "second_half": "second_half"}
@@ -119,7 +119,7 @@ def run_training(
     if config.diffusion.atom_types == "categorical":  # the limit of categorical types: the data's marginal
         types = train.arrays.type_index[atom_ranges(train.arrays.ptr[rows], train.arrays.n_atoms[rows])]
         type_prior = torch.as_tensor(np.bincount(types, minlength=len(train.elements)), dtype=torch.float64)
-    process = build_process(config, len(train.elements), len(dc.conditioning), type_prior=type_prior)
+    process = build_model(config, len(train.elements), len(dc.conditioning), type_prior=type_prior)
     trainer = Trainer(
         process, config, stats, train_batches=train.iter_batches, out_dir=out_dir,
         val_batches=None if val is None else val.iter_batches, device=device, progress=progress,

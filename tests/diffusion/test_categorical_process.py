@@ -14,9 +14,9 @@ from moldiff.diffusion.parameterization import LossWeighting, Parameterization
 from moldiff.diffusion.process import EquivariantDiffusion
 from moldiff.diffusion.schedules import NoiseSchedule
 from moldiff.geometry import remove_mean, sample_zero_com_gaussian
+from moldiff.models import build_model
 from moldiff.nn.denoiser import EGNNDenoiser
 from moldiff.sampling.sampler import SAMPLERS, Sampler
-from moldiff.training.factory import build_process
 
 K = 5
 
@@ -55,7 +55,7 @@ def test_built_from_config_with_the_data_prior():
     cfg = ExperimentConfig.from_dict({"model": {"hidden_nf": 8, "n_layers": 1},
                                       "diffusion": {"atom_types": "categorical", "include_charges": False,
                                                     "parameterization": "x0", "loss_weighting": "snr_clamp"}})
-    proc = build_process(cfg, K, type_prior=torch.tensor([4.0, 3.0, 1.0, 1.0, 1.0]))
+    proc = build_model(cfg, K, type_prior=torch.tensor([4.0, 3.0, 1.0, 1.0, 1.0]))
     assert proc.categorical_types and proc.feature_dim == K
     torch.testing.assert_close(proc.type_process.prior, torch.tensor([0.4, 0.3, 0.1, 0.1, 0.1], dtype=torch.float64))
     assert "type_process.prior" in proc.state_dict()

@@ -12,7 +12,7 @@ from moldiff.config import ExperimentConfig
 from moldiff.diffusion.parameterization import LossWeighting, Parameterization
 from moldiff.diffusion.schedules import NoiseSchedule
 from moldiff.geometry import remove_mean, sample_zero_com_gaussian
-from moldiff.training.factory import build_process
+from moldiff.models import build_model
 
 
 def randomize_(module: torch.nn.Module, std: float = 0.2) -> torch.nn.Module:
@@ -166,11 +166,11 @@ def test_selectable_by_config():
     cfg = ExperimentConfig.from_dict({"model": {"hidden_nf": 8, "n_layers": 1},
                                       "diffusion": {"parameterization": "x0", "loss_weighting": "snr_clamp",
                                                     "snr_clamp": [0, 5]}})
-    proc = build_process(cfg, 5)
+    proc = build_model(cfg, 5)
     assert proc.parameterization.name == "x0"
     assert (proc.weighting.name, proc.weighting.lo, proc.weighting.hi) == ("snr_clamp", 0.0, 5.0)
     assert ExperimentConfig.from_dict(cfg.to_dict()) == cfg
-    default = build_process(ExperimentConfig.from_dict({"model": {"hidden_nf": 8, "n_layers": 1}}), 5)
+    default = build_model(ExperimentConfig.from_dict({"model": {"hidden_nf": 8, "n_layers": 1}}), 5)
     assert default.parameterization.name == "eps" and default.weighting.on_eps
     with pytest.raises(ValueError, match="parameterization"):
         ExperimentConfig.from_dict({"diffusion": {"parameterization": "v"}})

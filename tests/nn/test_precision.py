@@ -23,10 +23,10 @@ from moldiff.config import PRECISIONS as CONFIG_PRECISIONS
 from moldiff.config import ExperimentConfig
 from moldiff.data.arrays import MoleculeArrays
 from moldiff.data.loader import MolLoader
+from moldiff.models import build_model
 from moldiff.nn.denoiser import PRECISIONS, fully_connected_edges
 from moldiff.nn.egnn import EquivariantUpdate, no_autocast
 from moldiff.training.checkpoint import load_checkpoint
-from moldiff.training.factory import build_process
 from moldiff.training.trainer import Trainer
 
 PRETRAINED = Path(__file__).resolve().parents[2] / "moldiff" / "pretrained"
@@ -70,8 +70,8 @@ def test_unknown_precision_rejected(make_denoiser):
 @pytest.mark.parametrize("node_projection", [True, False])
 def test_state_dict_is_the_same_in_every_mode(node_projection):
     base = ExperimentConfig.from_dict({"model": {"hidden_nf": 16, "n_layers": 2}})
-    ref = build_process(base, 5).state_dict()
-    other = build_process(base.override(model={"node_projection": node_projection, "precision": "bf16"}), 5)
+    ref = build_model(base, 5).state_dict()
+    other = build_model(base.override(model={"node_projection": node_projection, "precision": "bf16"}), 5)
     assert {k: v.shape for k, v in other.state_dict().items()} == {k: v.shape for k, v in ref.items()}
     other.load_state_dict(ref)  # strict
 
@@ -79,7 +79,7 @@ def test_state_dict_is_the_same_in_every_mode(node_projection):
 def test_config_fields_reach_the_denoiser():
     cfg = ExperimentConfig.from_dict({"model": {"hidden_nf": 16, "n_layers": 2, "node_projection": False,
                                                 "precision": "bf16"}})
-    den = build_process(cfg, 5).denoiser
+    den = build_model(cfg, 5).denoiser
     assert den.precision == "bf16"
     flags = {m.node_projection for m in den.modules() if hasattr(m, "node_projection")}
     assert flags == {False}
@@ -210,7 +210,7 @@ def test_training_runs_in_bf16(tmp_path):
                   "eval_sample_steps": 3, "log_every_steps": 1, "checkpoint_every_steps": 100},
     })
     torch.manual_seed(0)
-    proc = build_process(cfg, len(arrays.elements))
+    proc = build_model(cfg, len(arrays.elements))
     assert proc.denoiser.precision == "bf16"
     before = [p.detach().clone() for p in proc.parameters()]
     stats = {"elements": list(arrays.elements), "n_atoms_hist": {3: 2, 4: 2, 5: 2, 6: 2}, "max_n_atoms": 6}
@@ -239,7 +239,7 @@ def test_shipped_checkpoint_loads_in_every_mode(name):
     outs = {}
     for np_flag, precision in [(True, "fp32"), (False, "fp32"), (True, "bf16")]:
         cfg = config.override(model={"node_projection": np_flag, "precision": precision})
-        proc = build_process(cfg, len(stats["elements"]), int(stats.get("context_nf", 0)))
+        proc = build_model(cfg, len(stats["elements"]), int(stats.get("context_nf", 0)))
         proc.load_state_dict(payload["ema"])  # strict
         den = proc.denoiser.eval()
         if not outs:
