@@ -176,3 +176,10 @@ def test_selectable_by_config():
         ExperimentConfig.from_dict({"diffusion": {"parameterization": "v"}})
     with pytest.raises(ValueError, match="snr_clamp"):
         ExperimentConfig.from_dict({"diffusion": {"snr_clamp": [2, 1]}})
+
+
+def test_the_process_implements_the_contract(make_process):
+    from moldiff.diffusion.base import DiffusionProcess
+
+    assert isinstance(make_process(), DiffusionProcess)
+    assert not isinstance(torch.nn.Linear(2, 2), DiffusionProcess)
