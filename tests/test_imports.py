@@ -51,6 +51,7 @@ ALLOWED: dict[str, frozenset[str] | str] = {
     ),
     "conditioning": frozenset({"sampling", "config", "constants", "types", "geometry"}),
     "relax": frozenset({"constants", "io"}),  # molecules in, molecules out (RDKit / tblite); no models
+    "fragments": frozenset({"constants", "io", "sampling", "evaluation", "pipeline"}),  # inpainting inputs
     "pipeline": ANY,
     "cli": ANY,
     "__init__": ANY,

@@ -1,0 +1,435 @@
+"""Generation around fixed atoms (inpainting): fragment growing, scaffold decoration, linkers.
+
+Method (RePaint, Lugmayr et al. 2022; as DiffSBDD / DiffLinker apply it to molecules): the model is
+trained unconditionally, so the fixed atoms are imposed during sampling only. Every molecule's atoms
+are laid out as ``[fixed atoms (m), generated atoms (n - m)]``. At every reverse step ``t -> s``:
+
+1. the whole state takes one ordinary reverse step (``p(z_s | z_t)``, or one solver step);
+2. the fixed atoms are replaced by the fragment noised to level ``s`` with the forward process,
+   ``q_sample(x_F, h_F, gamma_s)``. The fragment is noised in its own centre-of-mass frame (zero-CoM
+   noise over its atoms), then translated so that its centre of mass sits where the reverse step put
+   the fixed atoms' centre of mass. The replacement therefore leaves the sum over all atoms
+   unchanged and the whole system stays on the zero-CoM subspace the model was trained on; positions
+   are re-centred over *all* atoms afterwards (a no-op up to rounding);
+3. resampling (``resample = R > 1``): the combined ``z_s`` is noised back to ``t`` with the forward
+   transition ``q(z_t | z_s)`` (``q_sample`` with ``gamma_t|s``) and steps 1-2 are repeated, ``R``
+   times per step in all, so that the generated atoms harmonise with the fixed ones (RePaint's
+   jump length 1).
+
+At ``t = 0`` the process's own final step gives positions and types; the fixed atoms then get
+*exactly* the fragment's element types and charges, and the output is rigidly translated (the
+orientation never changes: the fragment enters every step in its input orientation and the
+denoiser is equivariant) so that the fixed atoms sit exactly at the input coordinates: the output
+is written in the fragment's own frame.
+
+Only public methods of :class:`~moldiff.diffusion.process.EquivariantDiffusion` are used
+(``normalize``, ``q_sample``, ``sample_noise``, ``denoise``, ``p_zs_given_zt``,
+``sample_p_xh_given_z0``) together with the solvers of :mod:`moldiff.sampling.solvers`, so new
+noise parameterizations (which keep :meth:`denoise` returning a noise prediction) work unchanged.
+Processes with categorical atom types (``type_process``) are refused for now.
+
+Samplers: ``ancestral`` (with resampling), and the solvers ``ddim``, ``dpm2``, ``dpm2sde``. With
+``R = 1`` a solver runs its full multistep scheme over the grid with the replacement applied after
+every step; with ``R > 1`` every step is a one-step solve (the jump back invalidates the multistep
+history), so ``dpm2`` / ``dpm2sde`` take first-order steps (DDIM / the ancestral step).
+
+Constraints on which fixed atoms may gain new neighbours, and connectivity of linkers, are enforced
+by rejection: ``accept(output) -> [B] bool`` is evaluated after sampling and rejected molecules are
+drawn again with fresh noise, up to ``max_tries`` rounds (see :func:`inpaint`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from moldiff.diffusion.process import EquivariantDiffusion
+from moldiff.diffusion.schedules import NoiseSchedule
+from moldiff.geometry import remove_mean, scatter_mean
+from moldiff.sampling.sampler import SAMPLERS, batch_seed, plan_batches, timestep_grid
+from moldiff.sampling.solvers import grid_gammas, solve
+from moldiff.types import MolBatch
+
+
+@dataclass
+class Fragment:
+    """Atoms held fixed while the rest of a molecule is generated.
+
+    Attributes:
+        pos: ``[m, 3]`` positions (Å) in the fragment's own frame (the output frame).
+        types: ``[m]`` atom-type indices into the model's vocabulary.
+        charges: ``[m]`` values of the model's charge channel (atomic numbers for EDM models).
+        growable: ``[m]`` bool, which atoms may bond to generated atoms (all by default).
+    """
+
+    pos: torch.Tensor
+    types: torch.Tensor
+    charges: torch.Tensor
+    growable: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        self.pos = torch.as_tensor(self.pos, dtype=torch.float64).reshape(-1, 3)
+        self.types = torch.as_tensor(self.types, dtype=torch.long).reshape(-1)
+        self.charges = torch.as_tensor(self.charges, dtype=torch.float64).reshape(-1)
+        m = self.pos.shape[0]
+        if self.growable is None:
+            self.growable = torch.ones(m, dtype=torch.bool)
+        self.growable = torch.as_tensor(self.growable, dtype=torch.bool).reshape(-1)
+        if m == 0:
+            raise ValueError("a fragment needs at least one atom")
+        if not (self.types.shape[0] == self.charges.shape[0] == self.growable.shape[0] == m):
+            raise ValueError("fragment pos, types, charges and growable must describe the same atoms")
+        if not torch.isfinite(self.pos).all():
+            raise ValueError("fragment has a non-finite (NaN/inf) coordinate")
+
+    @property
+    def num_atoms(self) -> int:
+        """``m``."""
+        return int(self.pos.shape[0])
+
+    @staticmethod
+    def combine(fragments: Sequence[Fragment]) -> Fragment:
+        """One fragment holding several (e.g. the two ends of a linker) in their given relative pose."""
+        return Fragment(
+            pos=torch.cat([f.pos for f in fragments]), types=torch.cat([f.types for f in fragments]),
+            charges=torch.cat([f.charges for f in fragments]),
+            growable=torch.cat([f.growable for f in fragments]),  # type: ignore[misc]
+        )
+
+
+@dataclass
+class InpaintOutput:
+    """Inpainted molecules, sparse; molecule ``b`` holds its fragment's atoms first.
+
+    Attributes:
+        pos: ``[N, 3]`` float64 positions (Å) in the fragment's frame; fixed atoms exactly as given.
+        types: ``[N]`` atom-type indices (fixed atoms exactly the fragment's).
+        charges: ``[N]`` charge channel (fixed atoms exactly the fragment's).
+        batch: ``[N]`` molecule index.
+        fixed: ``[N]`` bool, the fragment's atoms.
+        num_graphs: ``B``.
+        accepted: ``[B]`` bool, whether the molecule passed ``accept`` (all ``True`` without one).
+        tries: ``[B]`` rounds used for each molecule.
+    """
+
+    pos: torch.Tensor
+    types: torch.Tensor
+    charges: torch.Tensor
+    batch: torch.Tensor
+    fixed: torch.Tensor
+    num_graphs: int
+    accepted: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.bool))
+    tries: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
+
+    def split(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per-molecule ``(types [n], pos [n, 3])`` in order."""
+        counts = torch.bincount(self.batch, minlength=self.num_graphs).tolist()
+        return list(zip(torch.split(self.types, counts), torch.split(self.pos, counts), strict=True))
+
+
+def sample_sizes_given_fragment(
+    probs: torch.Tensor, fragment_atoms: int, num: int, generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """``[num]`` atom counts from ``p(N | N > m)``: the size prior restricted to molecules larger than the fragment.
+
+    Args:
+        probs: ``[max_atoms + 1]`` probabilities of ``p(N)`` (e.g. ``NodeCountDistribution.probs``).
+        fragment_atoms: ``m``.
+        num: how many counts.
+        generator: RNG.
+
+    Raises:
+        ValueError: if the prior gives no mass to molecules larger than ``m``.
+
+    >>> sample_sizes_given_fragment(torch.tensor([0.0, 0.5, 0.2, 0.3]), 2, 4).tolist()
+    [3, 3, 3, 3]
+    """
+    p = torch.as_tensor(probs, dtype=torch.float64).clone()
+    p[: fragment_atoms + 1] = 0
+    if float(p.sum()) <= 0:
+        raise ValueError(f"the model's size prior has no molecule larger than the fragment ({fragment_atoms} atoms, "
+                         f"largest {len(probs) - 1}); give --num-atoms or a smaller fragment")
+    return torch.multinomial(p / p.sum(), num, replacement=True, generator=generator)
+
+
+def _renoise_gamma(gamma_t: torch.Tensor, gamma_s: torch.Tensor) -> torch.Tensor:
+    """``gamma_t|s`` such that ``q_sample(z_s, gamma_t|s)`` is the forward transition ``q(z_t | z_s)``.
+
+    ``alpha_t|s^2 + sigma_t|s^2 = 1`` holds for the variance-preserving process, so the transition
+    is itself a ``q_sample`` with ``gamma = log(sigma_t|s^2 / alpha_t|s^2)``.
+    """
+    sigma2_ts, _, alpha_ts = NoiseSchedule.sigma_and_alpha_t_given_s(gamma_t, gamma_s)
+    return torch.log(sigma2_ts) - 2.0 * torch.log(alpha_ts)
+
+
+class _Layout:
+    """Index bookkeeping of one batch: molecule ``b`` = ``[fragment_b atoms, generated atoms]``."""
+
+    def __init__(self, process: EquivariantDiffusion, fragments: Sequence[Fragment], counts: torch.Tensor,
+                 device: torch.device, dtype: torch.dtype) -> None:
+        B = len(fragments)
+        self.B = B
+        self.counts = counts
+        self.batch = torch.repeat_interleave(torch.arange(B), counts).to(device)
+        offsets = torch.cumsum(torch.cat([torch.zeros(1, dtype=torch.long), counts[:-1]]), 0)
+        m = torch.tensor([f.num_atoms for f in fragments])
+        self.fixed_idx = torch.cat([o + torch.arange(k) for o, k in zip(offsets.tolist(), m.tolist(), strict=True)])
+        self.fixed_idx = self.fixed_idx.to(device)
+        self.fixed = torch.zeros(int(counts.sum()), dtype=torch.bool, device=device)
+        self.fixed[self.fixed_idx] = True
+        self.frag_batch = torch.repeat_interleave(torch.arange(B), m).to(device)
+        # the fragment in the diffusion space, centred on its own centre of mass (normalize does it)
+        frag = MolBatch(
+            pos=torch.cat([f.pos for f in fragments]).to(device=device, dtype=dtype),
+            one_hot=torch.nn.functional.one_hot(torch.cat([f.types for f in fragments]),
+                                                process.num_classes).to(device=device, dtype=dtype),
+            charges=torch.cat([f.charges for f in fragments]).to(device=device, dtype=dtype).unsqueeze(1),
+            batch=self.frag_batch, num_graphs=B,
+        )
+        self.x_F, self.h_F = process.normalize(frag)
+        self.frag_pos = torch.cat([f.pos for f in fragments]).to(device)  # float64, exact
+        self.frag_types = torch.cat([f.types for f in fragments]).to(device)
+        self.frag_charges = torch.cat([f.charges for f in fragments]).to(device)
+
+
+def _inpaint_batch(
+    process: EquivariantDiffusion, fragments: Sequence[Fragment], counts: torch.Tensor, grid: torch.Tensor,
+    method: str, resample: int, gen: torch.Generator | None, device: torch.device,
+    context: torch.Tensor | None, bar: tqdm | None, known_noise: str = "fresh",
+) -> InpaintOutput:
+    """Inpaint one batch (see the module docstring)."""
+    proc = process
+    dtype = next(proc.parameters()).dtype
+    T = proc.timesteps
+    lay = _Layout(proc, fragments, counts, device, dtype)
+    B, batch, fidx = lay.B, lay.batch, lay.fixed_idx
+    batch_cpu = batch.cpu()
+    if context is not None:
+        context = context.to(device=device, dtype=dtype)
+    gammas = grid_gammas(proc.schedule, grid)  # float64, CPU
+
+    def noise_all() -> tuple[torch.Tensor, torch.Tensor]:
+        return tuple(x.to(device) for x in proc.sample_noise(batch_cpu, B, dtype, gen))  # type: ignore[return-value]
+
+    fb, fb_cpu = lay.frag_batch, lay.frag_batch.cpu()
+    stochastic = method in ("ancestral", "dpm2sde") or resample > 1
+    known: dict = {}  # the fragment's noisy state in its own CoM frame: {"k": grid index, "z": (pos, h)}
+
+    def gam(k: int) -> torch.Tensor:
+        return gammas[k].to(device=device, dtype=dtype).expand(B)
+
+    def advance_known(k_to: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fragment's noisy state at grid point ``k_to`` (see ``known_noise`` in :func:`inpaint`)."""
+        eps_pos, eps_h = (x.to(device) for x in proc.sample_noise(fb_cpu, B, dtype, gen))
+        if known_noise == "fresh" or not known:  # RePaint: an independent draw of q(z_s | x_F)
+            z_k = proc.q_sample(lay.x_F, lay.h_F, gam(k_to), fb, eps_pos, eps_h)
+        else:
+            k_from, (kp, kh) = known["k"], known["z"]
+            g = gam(k_from)
+            a = NoiseSchedule.alpha_from_gamma(g)[fb].unsqueeze(1)
+            sg = NoiseSchedule.sigma_from_gamma(g)[fb].unsqueeze(1)
+            oracle = ((kp - a * lay.x_F) / sg, (kh - a * lay.h_F) / sg)  # the fragment's true noise at k_from
+            if stochastic:  # a draw of the forward posterior q(z_s | z_t, x_F): the reverse step with exact eps
+                t = torch.full((B,), int(grid[k_from]) / T, dtype=dtype, device=device)
+                s = torch.full((B,), int(grid[k_to]) / T, dtype=dtype, device=device)
+                z_k = proc.p_zs_given_zt(kp, kh, t, s, fb, B, noise=(eps_pos, eps_h), eps=oracle)
+            else:  # deterministic samplers: the same noise at every level (the DDIM path of x_F)
+                z_k = proc.q_sample(lay.x_F, lay.h_F, gam(k_to), fb, oracle[0], oracle[1])
+        known["k"], known["z"] = k_to, (remove_mean(z_k[0], fb, B), z_k[1])
+        return known["z"]
+
+    def replace(z: tuple[torch.Tensor, ...], k_to: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fixed atoms <- the noisy fragment at ``k_to``, translated to the CoM the reverse step gave them."""
+        kp, kh = advance_known(k_to)
+        com_rev = scatter_mean(z[0][fidx], fb, B)
+        z_pos, z_h = z[0].clone(), z[1].clone()
+        z_pos[fidx] = kp + com_rev[fb]  # kp has zero CoM over the fragment
+        z_h[fidx] = kh
+        return remove_mean(z_pos, batch, B), z_h
+
+    def renoise(z: tuple[torch.Tensor, torch.Tensor], k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``z_t ~ q(z_t | z_s)`` from grid point ``k + 1`` back to ``k`` (the fragment's state follows)."""
+        g = _renoise_gamma(gammas[k], gammas[k + 1]).to(device=device, dtype=dtype).expand(B)
+        e_pos, e_h = noise_all()
+        z_pos, z_h = proc.q_sample(z[0], z[1], g, batch, e_pos, e_h)
+        z_pos = remove_mean(z_pos, batch, B)
+        known["k"], known["z"] = k, (remove_mean(z_pos[fidx], fb, B), z_h[fidx])
+        return z_pos, z_h
+
+    def eps_at(z: tuple[torch.Tensor, ...], k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        t = torch.full((B,), int(grid[k]) / T, dtype=dtype, device=device)
+        return proc.denoise(z[0], z[1], t, batch, context)
+
+    z = replace(noise_all(), 0)
+    steps = len(grid) - 1
+    if method != "ancestral" and resample == 1:
+        # the solver's own multistep scheme over the whole grid; ``project`` runs once after every step
+        done = [0]
+
+        def project(zz: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+            done[0] += 1
+            return replace(zz, done[0])
+
+        def noise_k(k: int) -> tuple[torch.Tensor, ...]:
+            return noise_all()
+
+        def after(k: int, zz: tuple[torch.Tensor, ...]) -> None:
+            if done[0] != k + 1:  # the solver called project other than once per step
+                raise RuntimeError(f"solver {method!r} broke the one-projection-per-step contract")
+            if bar is not None:
+                bar.update(1)
+
+        z = solve(method, z, eps_at, gammas, noise_fn=noise_k, project=project, callback=after)  # type: ignore[assignment]
+    else:
+        for k in range(steps):
+            z_t = z
+            for u in range(resample):
+                if method == "ancestral":
+                    t = torch.full((B,), int(grid[k]) / T, dtype=dtype, device=device)
+                    s = torch.full((B,), int(grid[k + 1]) / T, dtype=dtype, device=device)
+                    z_s = proc.p_zs_given_zt(z_t[0], z_t[1], t, s, batch, B, context, noise=noise_all(),
+                                             eps=eps_at(z_t, k))
+                    z_s = replace(z_s, k + 1)
+                else:  # a one-step solve from grid point k to k + 1
+                    z_s = solve(method, z_t, lambda zz, j, k=k: eps_at(zz, k + j), gammas[k: k + 2],
+                                noise_fn=lambda j: noise_all(),
+                                project=lambda zz, k=k: replace(zz, k + 1))  # type: ignore[assignment]
+                if u < resample - 1:
+                    z_t = renoise(z_s, k)  # type: ignore[arg-type]
+            z = z_s
+            if bar is not None:
+                bar.update(1)
+    pos, types, charges = proc.sample_p_xh_given_z0(z[0], z[1], batch, B, context, generator=gen,
+                                                    eps=eps_at(z, steps))
+    # exact fragment: its types and charges, and a rigid translation into its own frame
+    pos = pos.to(torch.float64)
+    shift = scatter_mean(lay.frag_pos, lay.frag_batch, B) - scatter_mean(pos[fidx], lay.frag_batch, B)
+    pos = pos + shift[batch]
+    pos[fidx] = lay.frag_pos
+    types = types.clone()
+    types[fidx] = lay.frag_types
+    charges = charges.clone()
+    charges[fidx] = lay.frag_charges.round().to(charges.dtype)
+    return InpaintOutput(pos=pos.cpu(), types=types.cpu(), charges=charges.cpu(), batch=batch.cpu(),
+                         fixed=lay.fixed.cpu(), num_graphs=B)
+
+
+def _concat(parts: Sequence[InpaintOutput]) -> InpaintOutput:
+    offsets = torch.cumsum(torch.tensor([0] + [p.num_graphs for p in parts[:-1]]), 0).tolist()
+    return InpaintOutput(
+        pos=torch.cat([p.pos for p in parts]), types=torch.cat([p.types for p in parts]),
+        charges=torch.cat([p.charges for p in parts]),
+        batch=torch.cat([p.batch + o for p, o in zip(parts, offsets, strict=True)]),
+        fixed=torch.cat([p.fixed for p in parts]), num_graphs=sum(p.num_graphs for p in parts),
+    )
+
+
+def _select(out: InpaintOutput, keep: list[int]) -> list[InpaintOutput]:
+    """Molecules ``keep`` of ``out`` as single-molecule outputs."""
+    res = []
+    for b in keep:
+        m = out.batch == b
+        res.append(InpaintOutput(pos=out.pos[m], types=out.types[m], charges=out.charges[m],
+                                 batch=torch.zeros(int(m.sum()), dtype=torch.long), fixed=out.fixed[m], num_graphs=1))
+    return res
+
+
+@torch.no_grad()
+def inpaint(
+    process: EquivariantDiffusion, fragments: Fragment | Sequence[Fragment], num_atoms: Sequence[int] | torch.Tensor,
+    steps: int | None = None, seed: int | None = 0, method: str = "ancestral", resample: int = 1,
+    context: torch.Tensor | None = None, device: torch.device | str | None = None,
+    max_atoms_per_batch: int = 4096, accept: Callable[[InpaintOutput], torch.Tensor] | None = None,
+    max_tries: int = 1, progress: bool = False, known_noise: str = "fresh",
+) -> InpaintOutput:
+    """Generate molecules around fixed fragments (one molecule per entry of ``num_atoms``).
+
+    Args:
+        process: the trained diffusion process (Gaussian atom types).
+        fragments: one :class:`Fragment` used for every molecule, or one per molecule.
+        num_atoms: ``[B]`` total atom counts (fragment included), each larger than its fragment.
+        steps: denoising steps (default ``T``); with ``resample = R`` the network runs about
+            ``steps * R`` times.
+        seed: RNG seed (``None``: non-deterministic); batch ``k`` uses :func:`batch_seed`.
+        method: one of :data:`~moldiff.sampling.sampler.SAMPLERS`.
+        resample: ``R >= 1`` reverse steps per grid step (``R - 1`` jumps back; RePaint).
+        context: ``[B, C]`` conditioning for conditional models.
+        device: where to run (default: the model's device).
+        max_atoms_per_batch: atom budget of one sampling batch.
+        accept: optional ``output -> [B] bool`` test (e.g. growth restrictions, connectivity);
+            rejected molecules are sampled again with fresh noise.
+        max_tries: rounds of sampling for ``accept`` (1: no retry); molecules still rejected after
+            the last round are returned with ``accepted = False``.
+        progress: show a tqdm bar over denoising steps.
+        known_noise: how the fragment is noised from step to step: ``"fresh"`` (default, the
+            original RePaint) draws ``q(z_s | x_F)`` independently at every step; ``"bridge"``
+            follows one forward trajectory of the fragment (the posterior ``q(z_s | z_t, x_F)`` for
+            the stochastic samplers, the same noise at every level for ``ddim`` / ``dpm2``), so that
+            the fixed atoms move coherently between steps. On the shipped ``qm9`` model ``fresh``
+            was slightly better (24 QM9 completions: atom stability 70 % vs 67 %).
+
+    Returns:
+        :class:`InpaintOutput` on the CPU, fixed atoms first in every molecule.
+    """
+    if method not in SAMPLERS:
+        raise ValueError(f"unknown sampler {method!r}; allowed: {list(SAMPLERS)}")
+    if getattr(process, "type_process", None) is not None:
+        raise ValueError("inpainting supports models with Gaussian atom types only (categorical types: not yet)")
+    if int(resample) < 1:
+        raise ValueError(f"resample must be >= 1, got {resample}")
+    if known_noise not in ("bridge", "fresh"):
+        raise ValueError(f"known_noise must be 'bridge' or 'fresh', got {known_noise!r}")
+    if int(max_tries) < 1:
+        raise ValueError(f"max_tries must be >= 1, got {max_tries}")
+    counts = torch.as_tensor(num_atoms, dtype=torch.long).reshape(-1)
+    B = int(counts.numel())
+    if B == 0:
+        raise ValueError("num_atoms must not be empty")
+    frags = [fragments] * B if isinstance(fragments, Fragment) else list(fragments)
+    if len(frags) != B:
+        raise ValueError(f"got {len(frags)} fragments for {B} molecules")
+    for b, (f, n) in enumerate(zip(frags, counts.tolist(), strict=True)):
+        if n <= f.num_atoms:
+            raise ValueError(f"molecule {b}: {n} atoms leave nothing to generate around a {f.num_atoms}-atom fragment")
+        if int(f.types.max()) >= process.num_classes or int(f.types.min()) < 0:
+            raise ValueError("fragment atom type outside the model's vocabulary")
+    T = process.timesteps
+    grid = timestep_grid(T, T if steps is None else int(steps))
+    device = torch.device(device) if device is not None else next(process.parameters()).device
+    process.eval()
+    pending = list(range(B))
+    results: dict[int, InpaintOutput] = {}
+    accepted = torch.zeros(B, dtype=torch.bool)
+    tries = torch.zeros(B, dtype=torch.long)
+    n_steps = len(grid) - 1
+    for r in range(int(max_tries)):
+        if not pending:
+            break
+        idx = torch.tensor(pending)
+        slices = plan_batches(counts[idx], max_atoms_per_batch=max_atoms_per_batch)
+        bar = tqdm(total=n_steps * len(slices), desc="inpainting" + (f" (retry {r})" if r else ""), unit="step",
+                   leave=False, disable=not progress)
+        still = []
+        for k, sl in enumerate(slices):
+            ids = idx[sl].tolist()
+            s = batch_seed(None if seed is None else int(seed) + 7919 * r, k)
+            gen = torch.Generator().manual_seed(s) if s is not None else None
+            ctx = None if context is None else context[ids]
+            out = _inpaint_batch(process, [frags[i] for i in ids], counts[ids], grid, method, int(resample), gen,
+                                 device, ctx, bar, known_noise)
+            ok = torch.ones(len(ids), dtype=torch.bool) if accept is None else torch.as_tensor(accept(out)).cpu()
+            for j, (i, single) in enumerate(zip(ids, _select(out, list(range(len(ids)))), strict=True)):
+                tries[i] += 1
+                if bool(ok[j]) or i not in results:
+                    results[i] = single
+                accepted[i] = bool(ok[j])
+                if not bool(ok[j]):
+                    still.append(i)
+        bar.close()
+        pending = still
+    out = _concat([results[i] for i in range(B)])
+    out.accepted, out.tries = accepted, tries
+    return out
