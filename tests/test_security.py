@@ -103,3 +103,23 @@ def test_shipped_models_load_with_weights_only():
     for name in names:
         payload = torch.load(PRETRAINED_DIR / f"{name}.pt", map_location="cpu", weights_only=True)
         assert {"config", "stats", "model", "ema"} <= set(payload)
+
+
+def test_numpy_scalars_are_stored_plain_and_older_files_still_load(tmp_path):
+    import numpy as np
+
+    from moldiff.training.checkpoint import load_checkpoint, save_checkpoint, to_plain
+
+    payload = {"config": {}, "stats": {"elements": [np.str_("H"), np.str_("C")], "mean": np.float64(1.5)},
+               "model": {}, "ema": {}, "info": {"n": np.int64(3), "flags": np.array([1, 2])}}
+    plain = to_plain(payload)
+    assert type(plain["stats"]["elements"][0]) is str and type(plain["stats"]["mean"]) is float
+    assert type(plain["info"]["n"]) is int and isinstance(plain["info"]["flags"], torch.Tensor)
+    save_checkpoint(tmp_path / "new.pt", payload)
+    torch.load(tmp_path / "new.pt", weights_only=True)  # no NumPy objects left in the file
+    old = {**payload, "format_version": 1}  # as older versions wrote it: NumPy scalars pickled as such
+    del old["info"]["flags"]
+    torch.save(old, tmp_path / "old.pt")
+    loaded = load_checkpoint(tmp_path / "old.pt")
+    assert loaded["stats"]["elements"] == ["H", "C"] and type(loaded["stats"]["elements"][0]) is str
+    assert type(loaded["stats"]["mean"]) is float and loaded["info"]["n"] == 3

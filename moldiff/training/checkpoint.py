@@ -30,6 +30,8 @@ def to_plain(obj: Any) -> Any:
     """
     import numpy as np
 
+    if isinstance(obj, np.generic):  # first: np.float64 is also a float, but pickles as a NumPy object
+        return obj.item()
     if obj is None or isinstance(obj, (bool, int, float, str, bytes, torch.Tensor, torch.dtype, torch.device)):
         return obj
     if isinstance(obj, dict):
@@ -74,7 +76,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"checkpoint not found: {path}")
-    payload = safe_torch_load(path, map_location=map_location, what="checkpoint")
+    payload = _numpy_scalars_to_python(safe_torch_load(path, map_location=map_location, what="checkpoint"))
     if not isinstance(payload, dict) or any(k not in payload for k in _REQUIRED):
         raise ValueError(f"checkpoint {path} is not a moldiff checkpoint (missing keys)")
     if payload["format_version"] > FORMAT_VERSION:
@@ -82,11 +84,39 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return payload
 
 
+def _numpy_scalar_globals() -> list[Any]:
+    """NumPy scalar reconstruction (older checkpoints hold e.g. ``np.str_`` element symbols): data, not code."""
+    import numpy as np
+
+    try:
+        from numpy._core.multiarray import scalar
+    except ImportError:  # NumPy < 2
+        from numpy.core.multiarray import scalar
+    return [scalar, np.dtype, *{type(np.dtype(c)) for c in "?bhilqBHILQefdgU"}]
+
+
+def _numpy_scalars_to_python(obj: Any) -> Any:
+    """Replace NumPy scalars inside dicts / lists / tuples by Python ones (dicts and lists in place)."""
+    import numpy as np
+
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            obj[k] = _numpy_scalars_to_python(v)
+    elif isinstance(obj, list):
+        obj[:] = [_numpy_scalars_to_python(v) for v in obj]
+    elif isinstance(obj, tuple):
+        return tuple(_numpy_scalars_to_python(v) for v in obj)
+    return obj
+
+
 def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu", what: str = "file") -> Any:
     """``torch.load`` restricted to plain types and tensors (``weights_only=True``); ``ValueError`` otherwise.
 
     A pickle that references any other callable (``os.system``, a class, ...) is refused by torch's
-    restricted unpickler before the reference is resolved, so nothing in the file runs.
+    restricted unpickler before the reference is resolved, so nothing in the file runs. NumPy
+    scalars (``np.float64``, ``np.str_``, as older moldiff versions stored) are allowed: they are data.
     """
     import pickle
     import warnings
@@ -95,7 +125,8 @@ def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu", 
     try:
         with warnings.catch_warnings():  # e.g. torch's "pickle protocol 4" notice on a foreign pickle
             warnings.simplefilter("ignore")
-            return torch.load(path, map_location=map_location, weights_only=True)
+            with torch.serialization.safe_globals(_numpy_scalar_globals()):
+                return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:  # the restricted unpickler stopped: nothing in the file ran
         import re
 
