@@ -82,6 +82,8 @@ class ModelConfig:
         kind: the model family (``moldiff.models.MODEL_KINDS``; checked when the model is built).
         node_projection: compute the first edge-MLP layer per node and gather (same maths, fewer
             FLOPs; ``False`` is the per-edge form of EDM, kept for before/after benchmarks).
+        self_condition: the network also reads its previous clean-molecule estimate (self-conditioning;
+            in training half of the batches get the detached estimate of an extra forward pass).
         precision: ``"fp32"`` or ``"bf16"`` (autocast of the invariant MLPs; positions, distances,
             the coordinate update and the centre-of-mass removal stay float32).
     """
@@ -96,6 +98,7 @@ class ModelConfig:
     normalization_factor: float = 1.0
     node_projection: bool = True
     precision: str = "fp32"
+    self_condition: bool = False
 
     def __post_init__(self) -> None:
         _check_positive("model.hidden_nf", self.hidden_nf)
@@ -105,6 +108,8 @@ class ModelConfig:
         if not isinstance(self.node_projection, bool):
             raise ValueError(f"model.node_projection must be true or false, got {self.node_projection!r}")
         _check_choice("model.precision", self.precision, PRECISIONS)
+        if not isinstance(self.self_condition, bool):
+            raise ValueError(f"model.self_condition must be true or false, got {self.self_condition!r}")
 
 
 @dataclass(frozen=True)

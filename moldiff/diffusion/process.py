@@ -128,12 +128,28 @@ class EquivariantDiffusion(nn.Module):
             parts.append(mol.charges.to(pos.dtype) / self.norm_values[2])
         return pos, torch.cat(parts, dim=1)
 
+    @property
+    def self_conditioning(self) -> bool:
+        """Whether the denoiser reads a previous clean-molecule estimate (``self_cond``)."""
+        net = getattr(self.denoiser, "module", self.denoiser)  # through a DDP wrapper
+        return bool(getattr(net, "self_condition", False))
+
+    def _net(self, pos: torch.Tensor, h: torch.Tensor, t: torch.Tensor, batch: torch.Tensor,
+             context: torch.Tensor | None, self_cond: tuple[torch.Tensor, torch.Tensor] | None) -> tuple:
+        if self.self_conditioning:
+            return self.denoiser(pos, h, t, batch, context, self_cond=self_cond)
+        return self.denoiser(pos, h, t, batch, context)
+
     def denoise(
         self, pos: torch.Tensor, h: torch.Tensor, t: torch.Tensor, batch: torch.Tensor,
-        context: torch.Tensor | None = None,
+        context: torch.Tensor | None = None, self_cond: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Call the denoiser: ``t [B]`` normalised time -> noise prediction ``(eps_pos, eps_h)``."""
-        out = self.denoiser(pos, h, t, batch, context)
+        """Call the denoiser: ``t [B]`` normalised time -> noise prediction ``(eps_pos, eps_h)``.
+
+        With categorical atom types the second element is the clean-type logits. ``self_cond``: the
+        previous clean estimate (:meth:`x0_from_eps`) for a self-conditioned denoiser.
+        """
+        out = self._net(pos, h, t, batch, context, self_cond)
         if self.parameterization.name == "eps":
             return out
         alpha, sigma = self._alpha_sigma_atoms(t, batch)
@@ -143,12 +159,34 @@ class EquivariantDiffusion(nn.Module):
 
     def predict_x0(
         self, pos: torch.Tensor, h: torch.Tensor, t: torch.Tensor, batch: torch.Tensor,
-        context: torch.Tensor | None = None,
+        context: torch.Tensor | None = None, self_cond: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Clean-molecule prediction ``(x0_pos, x0_h)`` in the normalised diffusion space."""
-        out = self.denoiser(pos, h, t, batch, context)
+        out = self._net(pos, h, t, batch, context, self_cond)
         alpha, sigma = self._alpha_sigma_atoms(t, batch)
         return self.parameterization.to_x0(out, (pos, h), alpha, sigma)
+
+    def x0_from_eps(
+        self, pos: torch.Tensor, h: torch.Tensor, eps: tuple[torch.Tensor, torch.Tensor], t: torch.Tensor,
+        batch: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clean estimate from a :meth:`denoise` output (types: softmax of the logits when categorical)."""
+        alpha, sigma = self._alpha_sigma_atoms(t, batch)
+        x0_pos = (pos - sigma * eps[0]) / alpha
+        if self.type_process is not None:
+            return x0_pos, torch.softmax(eps[1], dim=1) / self.norm_values[1]
+        return x0_pos, (h - sigma * eps[1]) / alpha
+
+    def _train_self_cond(
+        self, pos: torch.Tensor, h: torch.Tensor, t: torch.Tensor, batch: torch.Tensor, context: torch.Tensor | None,
+        generator: torch.Generator | None,
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Self-conditioning in training: half of the batches get the network's own (detached) estimate."""
+        if not self.self_conditioning or float(torch.rand((), generator=generator)) < 0.5:
+            return None
+        with torch.no_grad():
+            eps = self.denoise(pos, h, t, batch, context)
+            return tuple(x.detach() for x in self.x0_from_eps(pos, h, eps, t, batch))
 
     def _alpha_sigma_atoms(self, t: torch.Tensor, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         gamma = self.schedule.gamma(t)
@@ -250,8 +288,9 @@ class EquivariantDiffusion(nn.Module):
             return self._categorical_loss(mol, pos, eps_pos, t, gamma_t, t_int, generator)
         z_pos, z_h = self.q_sample(pos, h, gamma_t, batch, eps_pos, eps_h)
         if not self.weighting.on_eps:
-            return self._x0_loss(mol, pos, h, z_pos, z_h, t, gamma_t, t_int)
-        pred_pos, pred_h = self.denoise(z_pos, z_h, t, batch, mol.context)
+            return self._x0_loss(mol, pos, h, z_pos, z_h, t, gamma_t, t_int, generator)
+        sc = self._train_self_cond(z_pos, z_h, t, batch, mol.context, generator)
+        pred_pos, pred_h = self.denoise(z_pos, z_h, t, batch, mol.context, self_cond=sc)
         err_x = scatter_sum(((eps_pos - pred_pos) ** 2).sum(1), batch, B)
         err_h = scatter_sum(((eps_h - pred_h) ** 2).sum(1), batch, B)
         error = err_x + err_h
@@ -272,11 +311,12 @@ class EquivariantDiffusion(nn.Module):
 
     def _x0_loss(
         self, mol: MolBatch, pos: torch.Tensor, h: torch.Tensor, z_pos: torch.Tensor, z_h: torch.Tensor,
-        t: torch.Tensor, gamma_t: torch.Tensor, t_int: torch.Tensor,
+        t: torch.Tensor, gamma_t: torch.Tensor, t_int: torch.Tensor, generator: torch.Generator | None = None,
     ) -> LossOutput:
         """``0.5 w(SNR_t) |x - x0_hat|^2 / ((3 + F) max_n)`` per molecule (EDM's normalisation)."""
         B, batch = mol.num_graphs, mol.batch
-        x0_pos, x0_h = self.predict_x0(z_pos, z_h, t, batch, mol.context)
+        sc = self._train_self_cond(z_pos, z_h, t, batch, mol.context, generator)
+        x0_pos, x0_h = self.predict_x0(z_pos, z_h, t, batch, mol.context, self_cond=sc)
         err = scatter_sum(((pos - x0_pos) ** 2).sum(1) + ((h - x0_h) ** 2).sum(1), batch, B)
         weight = self.weighting.x0_weight(torch.exp(-gamma_t))
         denom = (3 + self.feature_dim) * int(torch.bincount(batch, minlength=B).max())
@@ -294,7 +334,9 @@ class EquivariantDiffusion(nn.Module):
         z_pos = alpha * pos + sigma * eps_pos
         x0_types = mol.one_hot.to(pos.dtype)
         x_t = self.type_process.q_sample(x0_types, t[batch], generator=generator).to(pos.dtype)
-        out_pos, logits = self.denoiser(z_pos, x_t / self.norm_values[1], t, batch, mol.context)
+        h_t = x_t / self.norm_values[1]
+        sc = self._train_self_cond(z_pos, h_t, t, batch, mol.context, generator)
+        out_pos, logits = self._net(z_pos, h_t, t, batch, mol.context, sc)
         max_n = int(torch.bincount(batch, minlength=B).max())
         if self.weighting.on_eps:
             eps_hat = self.parameterization.to_eps((out_pos, x_t), (z_pos, x_t), alpha, sigma)[0]

@@ -26,7 +26,7 @@ def build_egnn(config: ExperimentConfig, spec: ModelSpec) -> EquivariantDiffusio
         in_node_nf=spec.num_classes + int(d.include_charges), context_nf=width, hidden_nf=m.hidden_nf,
         n_layers=m.n_layers, attention=m.attention, tanh=m.tanh, coords_range=m.coords_range,
         norm_constant=m.norm_constant, normalization_factor=m.normalization_factor,
-        node_projection=m.node_projection, precision=m.precision,
+        node_projection=m.node_projection, precision=m.precision, self_condition=m.self_condition,
     )
     schedule = NoiseSchedule(d.noise_schedule, d.timesteps, d.noise_precision)
     type_process = None

@@ -60,6 +60,10 @@ class EGNNDenoiser(nn.Module):
         hidden_nf, n_layers, attention, tanh, coords_range, norm_constant, normalization_factor,
             node_projection: see :class:`moldiff.nn.egnn.EGNN`.
         precision: ``"fp32"`` (no autocast; default) or ``"bf16"`` (see above).
+        self_condition: also read a previous clean-molecule estimate ``self_cond = (x0_pos, x0_h)``
+            (Chen et al., 2023; as in SemlaFlow / FlowMol): its features are extra node inputs and
+            its squared interatomic distances an extra edge feature, so the network stays
+            E(3)-equivariant. ``None`` (no estimate yet) is read as zeros.
 
     Shapes:
         pos ``[N, 3]``, h ``[N, in_node_nf]``, t ``[B]`` or ``[B, 1]``, batch ``[N]``,
@@ -70,14 +74,17 @@ class EGNNDenoiser(nn.Module):
         self, in_node_nf: int, context_nf: int = 0, hidden_nf: int = 256, n_layers: int = 9,
         attention: bool = True, tanh: bool = True, coords_range: float = 15.0, norm_constant: float = 1.0,
         normalization_factor: float = 1.0, node_projection: bool = True, precision: str = "fp32",
+        self_condition: bool = False,
     ) -> None:
         super().__init__()
         self.in_node_nf = in_node_nf
         self.context_nf = context_nf
         self.precision = precision
+        self.self_condition = bool(self_condition)
         self.egnn = EGNN(
-            in_node_nf + 1 + context_nf, hidden_nf, n_layers, attention, tanh, coords_range, norm_constant,
-            normalization_factor, node_projection,
+            in_node_nf + 1 + context_nf + (in_node_nf if self_condition else 0), hidden_nf, n_layers, attention,
+            tanh, coords_range, norm_constant, normalization_factor, node_projection,
+            extra_edge_nf=1 if self_condition else 0,
         )
 
     @property
@@ -97,7 +104,7 @@ class EGNNDenoiser(nn.Module):
 
     def forward(
         self, pos: torch.Tensor, h: torch.Tensor, t: torch.Tensor, batch: torch.Tensor,
-        context: torch.Tensor | None = None,
+        context: torch.Tensor | None = None, self_cond: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Apply the layer; shapes as in the class docstring."""
         num_graphs = t.shape[0]
@@ -107,12 +114,21 @@ class EGNNDenoiser(nn.Module):
                 raise ValueError(f"this denoiser needs a context of shape [{num_graphs}, {self.context_nf}]")
             feats.append(context.to(h.dtype)[batch])
         edge_index = fully_connected_edges(batch)
+        edge_extra = None
+        if self.self_condition:
+            if self_cond is None:
+                feats.append(torch.zeros_like(h))
+                edge_extra = torch.zeros(edge_index.shape[1], 1, dtype=pos.dtype, device=pos.device)
+            else:
+                feats.append(self_cond[1].to(h.dtype))
+                row, col = edge_index
+                edge_extra = ((self_cond[0][row] - self_cond[0][col]) ** 2).sum(1, keepdim=True).to(pos.dtype)
         amp_dtype = PRECISIONS[self.precision]
         if amp_dtype is None:
-            h_out, pos_out = self.egnn(torch.cat(feats, dim=1), pos, edge_index)
+            h_out, pos_out = self.egnn(torch.cat(feats, dim=1), pos, edge_index, edge_extra)
         else:
             with torch.autocast(device_type=pos.device.type, dtype=amp_dtype):
-                h_out, pos_out = self.egnn(torch.cat(feats, dim=1), pos, edge_index)
+                h_out, pos_out = self.egnn(torch.cat(feats, dim=1), pos, edge_index, edge_extra)
         eps_h = h_out[:, : self.in_node_nf].to(h.dtype)
         with no_autocast(pos):
             eps_pos = remove_mean(pos_out.to(pos.dtype) - pos, batch, num_graphs)

@@ -166,11 +166,13 @@ class EquivariantBlock(nn.Module):
     def __init__(
         self, hidden_nf: int, attention: bool = True, tanh: bool = True, coords_range: float = 15.0,
         norm_constant: float = 1.0, normalization_factor: float = 1.0, node_projection: bool = True,
+        extra_edge_nf: int = 0,
     ) -> None:
         super().__init__()
-        self.gcl = GCL(hidden_nf, 2, attention, normalization_factor, node_projection)
+        edge_nf = 2 + extra_edge_nf
+        self.gcl = GCL(hidden_nf, edge_nf, attention, normalization_factor, node_projection)
         self.update = EquivariantUpdate(
-            hidden_nf, 2, tanh, coords_range, norm_constant, normalization_factor, node_projection
+            hidden_nf, edge_nf, tanh, coords_range, norm_constant, normalization_factor, node_projection
         )
 
     def forward(
@@ -195,6 +197,8 @@ class EGNN(nn.Module):
         n_layers: number of equivariant blocks.
         attention, tanh, coords_range, norm_constant, normalization_factor, node_projection: see
             the blocks. EDM passes ``coords_range = 15`` to every block (not 15 / n_layers).
+        extra_edge_nf: invariant edge features given to ``forward`` beside the input distances (0: EDM;
+            1 for self-conditioning, which passes the distances of the previous clean estimate).
 
     Shapes:
         h ``[N, in_nf]``, pos ``[N, 3]``, edge_index ``[2, E]`` -> (``[N, in_nf]``, ``[N, 3]``).
@@ -203,24 +207,33 @@ class EGNN(nn.Module):
     def __init__(
         self, in_nf: int, hidden_nf: int = 256, n_layers: int = 9, attention: bool = True,
         tanh: bool = True, coords_range: float = 15.0, norm_constant: float = 1.0,
-        normalization_factor: float = 1.0, node_projection: bool = True,
+        normalization_factor: float = 1.0, node_projection: bool = True, extra_edge_nf: int = 0,
     ) -> None:
         super().__init__()
+        self.extra_edge_nf = extra_edge_nf
         self.embedding = nn.Linear(in_nf, hidden_nf)
         self.blocks = nn.ModuleList(
             EquivariantBlock(hidden_nf, attention, tanh, coords_range, norm_constant, normalization_factor,
-                             node_projection)
+                             node_projection, extra_edge_nf)
             for _ in range(n_layers)
         )
         self.embedding_out = nn.Linear(hidden_nf, in_nf)
 
     def forward(
-        self, h: torch.Tensor, pos: torch.Tensor, edge_index: torch.Tensor
+        self, h: torch.Tensor, pos: torch.Tensor, edge_index: torch.Tensor, edge_extra: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Apply the layer; shapes as in the class docstring."""
+        """Apply the layer; shapes as in the class docstring.
+
+        ``edge_extra [E, extra_edge_nf]``: more invariant edge features, appended to the input
+        distances in every block.
+        """
         row, col = edge_index
         with no_autocast(pos):
             d2_init = ((pos[row] - pos[col]) ** 2).sum(dim=1, keepdim=True)
+            if self.extra_edge_nf:
+                if edge_extra is None or edge_extra.shape != (row.shape[0], self.extra_edge_nf):
+                    raise ValueError(f"this EGNN needs edge_extra of shape [E, {self.extra_edge_nf}]")
+                d2_init = torch.cat([d2_init, edge_extra.to(d2_init.dtype)], dim=1)
         h = self.embedding(h)
         for block in self.blocks:
             h, pos = block(h, pos, edge_index, d2_init)

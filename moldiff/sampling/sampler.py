@@ -222,10 +222,16 @@ class Sampler:
         if context is not None:
             context = context.to(device=device, dtype=dtype)
 
+        self_cond: list = [None]  # a self-conditioned denoiser reads its previous clean estimate
+
         def eps_at(zp: torch.Tensor, zh: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             if eps_fn is not None:
                 return eps_fn(zp, zh, t)
-            return proc.denoise(zp, zh, t, batch, context)
+            if not getattr(proc, "self_conditioning", False):
+                return proc.denoise(zp, zh, t, batch, context)
+            eps = proc.denoise(zp, zh, t, batch, context, self_cond=self_cond[0])
+            self_cond[0] = proc.x0_from_eps(zp, zh, eps, t, batch)
+            return eps
 
         categorical = getattr(proc, "type_process", None) is not None
         if categorical and eps_fn is not None:
