@@ -164,7 +164,11 @@ class DiffusionConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation and logging (defaults: EDM's ``get_optim`` and ``main_qm9.py``)."""
+    """Optimisation and logging (defaults: EDM's ``get_optim`` and ``main_qm9.py``).
+
+    ``ema_warmup``: the EMA decay ramps as ``min(ema_decay, (1 + step) / (10 + step))`` so that the
+    averaged weights forget the random initialisation within the first steps (EDM: off).
+    """
 
     lr: float = 1e-4
     weight_decay: float = 1e-12
@@ -173,6 +177,7 @@ class TrainConfig:
     max_steps: int | None = None
     max_minutes: float | None = None
     ema_decay: float = 0.9999
+    ema_warmup: bool = False
     clip_grad: bool = True
     seed: int = 0
     device: str = "auto"

@@ -149,3 +149,18 @@ def test_compiled_training_matches_eager_and_keeps_checkpoint_keys(tmp_path):
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
     assert from_checkpoint(tmp_path / "compiled" / "last.pt").sample_raw(1, steps=2)
+
+
+def test_ema_warmup_forgets_the_initial_weights():
+    import torch
+
+    from moldiff.training.trainer import ema_decay_at, ema_update
+
+    ema, model = torch.nn.Linear(1, 1, bias=False), torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        ema.weight.fill_(100.0)
+        model.weight.fill_(1.0)
+    for step in range(200):
+        ema_update(ema, model, ema_decay_at(0.999, step, warmup=True))
+    assert abs(float(ema.weight) - 1.0) < 1e-3
+    assert [ema_decay_at(0.999, s, False) for s in (0, 10)] == [0.999, 0.999]
