@@ -170,7 +170,7 @@ def _interrupt_hint(args: argparse.Namespace) -> str:
             return "; no checkpoint was written yet, so there is nothing to resume"
         step = "?"
         with contextlib.suppress(Exception):
-            from moldiff.training.checkpoint import load_checkpoint
+            from moldiff.checkpoint import load_checkpoint
 
             step = load_checkpoint(ckpt)["state"]["step"]
         cond = f" --condition {args.condition}" if args.condition else ""

@@ -15,12 +15,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from moldiff.checkpoint import load_checkpoint, load_state
 from moldiff.config import ExperimentConfig
 from moldiff.diffusion.process import EquivariantDiffusion
 from moldiff.models import build_model
 from moldiff.sampling.priors import NodeCountDistribution
 from moldiff.sampling.sampler import SAMPLERS, Sampler
-from moldiff.training.checkpoint import load_checkpoint, load_state
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 #: The public name of :func:`moldiff.models.build_model` (config -> untrained model), kept for scripts.

@@ -111,8 +111,8 @@ def test_conditional_train_and_sample(tmp_path, capsys):
 
 
 def test_sample_defaults_to_the_models_recommended_sampler(tiny_ckpt, tmp_path, monkeypatch):
+    from moldiff.checkpoint import load_checkpoint, save_checkpoint
     from moldiff.pipeline import MolDiff, from_checkpoint
-    from moldiff.training.checkpoint import load_checkpoint, save_checkpoint
 
     payload = load_checkpoint(tiny_ckpt)
     payload["info"] = {**payload.get("info", {}), "sampling": {"method": "dpm2sde", "steps": 7}}

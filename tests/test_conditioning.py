@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from moldiff.checkpoint import save_checkpoint
 from moldiff.cli import main
 from moldiff.conditioning import (
     PROPERTY_NAMES,
@@ -24,7 +25,6 @@ from moldiff.config import ExperimentConfig
 from moldiff.pipeline import MolDiff, build_process
 from moldiff.sampling.priors import NodeCountDistribution, PropertyDistribution
 from moldiff.sampling.sampler import Sampler
-from moldiff.training.checkpoint import save_checkpoint
 
 ELEMENTS = ["H", "C", "N", "O", "F"]
 

@@ -151,7 +151,7 @@ def checkpoint_bytes(tiny_ckpt):
 @FUZZ
 @given(data=st.data())
 def test_checkpoint_readers_any_bytes(data, checkpoint_bytes, capsys, no_work):
-    from moldiff.training.checkpoint import load_checkpoint
+    from moldiff.checkpoint import load_checkpoint
     from moldiff.training.property import load_predictor
 
     valid = checkpoint_bytes

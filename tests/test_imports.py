@@ -27,6 +27,7 @@ ALLOWED: dict[str, frozenset[str] | str] = {
     "geometry": LEAVES,
     "io": LEAVES,
     "runtime": LEAVES,
+    "checkpoint": LEAVES,  # checkpoint files (plain data + tensors): read by inference and training alike
     "data": frozenset({"constants", "config", "geometry", "io", "types"}),
     "nn": frozenset({"types", "geometry"}),
     "diffusion": frozenset({"types", "geometry"}),
@@ -47,6 +48,7 @@ ALLOWED: dict[str, frozenset[str] | str] = {
             "constants",
             "io",
             "conditioning",
+            "checkpoint",
         }
     ),
     "conditioning": frozenset({"sampling", "config", "constants", "types", "geometry"}),
@@ -70,6 +72,7 @@ FORBIDDEN_EXTERNAL: dict[str, frozenset[str]] = {
     "geometry": frozenset({"rdkit"}),
     "types": frozenset({"rdkit"}),
     "relax": frozenset({"torch", "torch_geometric", "e3nn"}),
+    "checkpoint": frozenset({"torch_geometric", "e3nn", "rdkit", "pandas"}),
 }
 
 PACKAGE = Path(__file__).resolve().parents[1] / "moldiff"
@@ -238,3 +241,28 @@ def test_module_avoids_forbidden_third_party(path):
     assert not bad, (
         f"{path.relative_to(PACKAGE.parent)} ({comp}) must not import {sorted(forbidden)}:\n" + "\n".join(bad)
     )
+
+
+# ---------------------------------------------------------------------------- inference without training
+_INFERENCE_ONLY = """
+import sys, tempfile, os
+import moldiff
+from moldiff.cli import main
+model = moldiff.load_model("qm9")
+model.sample_raw(2, steps=2, seed=0)
+with tempfile.TemporaryDirectory() as d:
+    assert main(["sample", "--model", "qm9", "--num", "2", "--steps", "2", "--out", os.path.join(d, "a.xyz")]) == 0
+print(sorted(m for m in sys.modules if m.startswith("moldiff.training")))
+"""
+
+
+def test_inference_does_not_import_training():
+    """Loading a checkpoint and sampling (API and ``moldiff sample``) never imports ``moldiff.training``."""
+    import subprocess
+    import sys
+
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-c", _INFERENCE_ONLY], capture_output=True, text=True, env=env,
+                         cwd=PACKAGE.parent, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip().splitlines()[-1] == "[]", res.stdout

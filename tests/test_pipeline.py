@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from moldiff.checkpoint import load_checkpoint
 from moldiff.config import ExperimentConfig
 from moldiff.pipeline import PRETRAINED_DIR, MolDiff, from_checkpoint, load_model, resolve_checkpoint, shipped_models
-from moldiff.training.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "benchmarks" / "configs" / "tiny.yaml"

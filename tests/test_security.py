@@ -108,7 +108,7 @@ def test_shipped_models_load_with_weights_only():
 def test_numpy_scalars_are_stored_plain_and_older_files_still_load(tmp_path):
     import numpy as np
 
-    from moldiff.training.checkpoint import load_checkpoint, save_checkpoint, to_plain
+    from moldiff.checkpoint import load_checkpoint, save_checkpoint, to_plain
 
     payload = {"config": {}, "stats": {"elements": [np.str_("H"), np.str_("C")], "mean": np.float64(1.5)},
                "model": {}, "ema": {}, "info": {"n": np.int64(3), "flags": np.array([1, 2])}}

@@ -35,12 +35,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the shared _common helpers
 from _common import load_packed  # noqa: E402
 
+from moldiff.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from moldiff.config import ExperimentConfig  # noqa: E402
 from moldiff.data.loader import MolLoader  # noqa: E402
 from moldiff.pipeline import build_process  # noqa: E402
 from moldiff.sampling.priors import NodeCountDistribution  # noqa: E402
 from moldiff.sampling.sampler import SAMPLERS, Sampler  # noqa: E402
-from moldiff.training.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from moldiff.training.trainer import Trainer  # noqa: E402
 
 SUMMARY = ("atom_stability", "mol_stability", "validity", "uniqueness")

@@ -24,13 +24,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from moldiff.checkpoint import load_checkpoint, save_checkpoint
 from moldiff.conditioning import PROPERTIES, PROPERTY_NAMES, ConditionalInputs, conditional_inputs
 from moldiff.config import ExperimentConfig
 from moldiff.data import get_split, load_dataset, property_mean_mad
 from moldiff.pipeline import PRETRAINED_DIR, from_checkpoint
 from moldiff.sampling.priors import PropertyDistribution
 from moldiff.sampling.sampler import Sampler
-from moldiff.training.checkpoint import load_checkpoint, save_checkpoint
 from moldiff.training.property import (
     fit_num_nodes_baseline,
     load_predictor,

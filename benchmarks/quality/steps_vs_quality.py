@@ -33,10 +33,10 @@ from typing import Any
 import torch
 
 import moldiff
+from moldiff.checkpoint import save_checkpoint
 from moldiff.evaluation import evaluate_molecules, load_reference_smiles
 from moldiff.runtime import tune_cpu_allocator
 from moldiff.sampling.sampler import DEFAULT_MAX_ATOMS_PER_BATCH, SAMPLERS, Sampler
-from moldiff.training.checkpoint import save_checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the shared _common helpers
 from _common import RESULTS, ROOT, load_config, machine, qm9_histogram, write_json  # noqa: E402

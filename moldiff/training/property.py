@@ -119,7 +119,7 @@ def train_property_predictor(
 def save_predictor(path: str | Path, model: PropertyPredictor, key: str, norm: tuple[float, float],
                    elements: Sequence[str], info: dict[str, Any] | None = None) -> None:
     """Write φ_c with its property name, normalisation and vocabulary to one file."""
-    from moldiff.training.checkpoint import to_plain
+    from moldiff.checkpoint import to_plain
 
     payload = {"hparams": model.hparams(), "state_dict": model.state_dict(), "key": key,
                "norm": [float(x) for x in norm], "elements": [str(e) for e in elements], "info": dict(info or {})}
@@ -128,7 +128,7 @@ def save_predictor(path: str | Path, model: PropertyPredictor, key: str, norm: t
 
 def load_predictor(path: str | Path) -> tuple[PropertyPredictor, dict[str, Any]]:
     """Inverse of :func:`save_predictor`: ``(model, {"key", "norm", "elements", "info"})``."""
-    from moldiff.training.checkpoint import load_state, safe_torch_load
+    from moldiff.checkpoint import load_state, safe_torch_load
 
     path = Path(path)
     if not path.is_file():

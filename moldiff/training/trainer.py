@@ -23,13 +23,13 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from moldiff.checkpoint import load_checkpoint, load_state, save_checkpoint
 from moldiff.conditioning import drop_context, with_keep_flags
 from moldiff.config import ExperimentConfig
 from moldiff.diffusion.process import EquivariantDiffusion
 from moldiff.evaluation.stability import stability_fractions
 from moldiff.sampling.priors import NodeCountDistribution
 from moldiff.sampling.sampler import Sampler
-from moldiff.training.checkpoint import load_checkpoint, load_state, save_checkpoint
 from moldiff.types import MolBatch
 
 #: ``batches(epoch) -> iterator of MolBatch``; must be deterministic for a given epoch.

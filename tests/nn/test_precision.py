@@ -19,6 +19,7 @@ import pytest
 import torch
 from e3nn.util.test import assert_equivariant
 
+from moldiff.checkpoint import load_checkpoint
 from moldiff.config import PRECISIONS as CONFIG_PRECISIONS
 from moldiff.config import ExperimentConfig
 from moldiff.data.arrays import MoleculeArrays
@@ -26,7 +27,6 @@ from moldiff.data.loader import MolLoader
 from moldiff.models import build_model
 from moldiff.nn.denoiser import PRECISIONS, fully_connected_edges
 from moldiff.nn.egnn import EquivariantUpdate, no_autocast
-from moldiff.training.checkpoint import load_checkpoint
 from moldiff.training.trainer import Trainer
 
 PRETRAINED = Path(__file__).resolve().parents[2] / "moldiff" / "pretrained"

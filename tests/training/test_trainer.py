@@ -3,11 +3,11 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from moldiff.checkpoint import load_checkpoint, save_checkpoint
 from moldiff.config import ExperimentConfig
 from moldiff.data.arrays import MoleculeArrays
 from moldiff.data.loader import MolLoader
 from moldiff.pipeline import build_process, from_checkpoint
-from moldiff.training.checkpoint import load_checkpoint, save_checkpoint
 from moldiff.training.trainer import GradClipper, Trainer, ema_update
 
 CFG = ExperimentConfig.from_dict({
@@ -127,7 +127,7 @@ def test_ddp_two_processes_gloo_stay_in_sync(tmp_path, spawn_ranks):
 
 
 def test_export_checkpoint_is_small_and_samples(tmp_path):
-    from moldiff.training.checkpoint import export_checkpoint
+    from moldiff.checkpoint import export_checkpoint
 
     tr = _trainer(tmp_path / "run", CFG.override(train={"max_steps": 2}))
     tr.fit()
