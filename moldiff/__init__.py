@@ -24,6 +24,8 @@ _LAZY = {
     "register_model": "moldiff.models",
     "shipped_models": "moldiff.pipeline",
     "evaluate_molecules": "moldiff.evaluation.report",
+    "inpaint_molecules": "moldiff.fragments",
+    "relax_molecules": "moldiff.relax",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -11,10 +11,10 @@ are laid out as ``[fixed atoms (m), generated atoms (n - m)]``. At every reverse
    the fixed atoms' centre of mass. The replacement therefore leaves the sum over all atoms
    unchanged and the whole system stays on the zero-CoM subspace the model was trained on; positions
    are re-centred over *all* atoms afterwards (a no-op up to rounding);
-3. resampling (``resample = R > 1``): the combined ``z_s`` is noised back to ``t`` with the forward
-   transition ``q(z_t | z_s)`` (``q_sample`` with ``gamma_t|s``) and steps 1-2 are repeated, ``R``
-   times per step in all, so that the generated atoms harmonise with the fixed ones (RePaint's
-   jump length 1).
+3. resampling (``resample = R > 1``): after a block of ``jump`` steps (default 1) the combined
+   state is noised back to the start of the block with the forward transition ``q(z_t | z_s)``
+   (``q_sample`` with ``gamma_t|s``) and the block is run again, ``R`` times in all, so that the
+   generated atoms harmonise with the fixed ones (RePaint's resampling and jump length).
 
 At ``t = 0`` the process's own final step gives positions and types; the fixed atoms then get
 *exactly* the fragment's element types and charges, and the output is rigidly translated (the
@@ -32,6 +32,12 @@ Samplers: ``ancestral`` (with resampling), and the solvers ``ddim``, ``dpm2``, `
 ``R = 1`` a solver runs its full multistep scheme over the grid with the replacement applied after
 every step; with ``R > 1`` every step is a one-step solve (the jump back invalidates the multistep
 history), so ``dpm2`` / ``dpm2sde`` take first-order steps (DDIM / the ancestral step).
+
+Measured limitation (``benchmarks/quality/inpainting.py``): with the shipped CPU-trained ``qm9``
+model the completions are less stable than unconstrained samples of the same size; generated atoms
+often stay unattached beside the fragment (lone H atoms, small molecules such as H2O or CH4).
+Resampling helps a little, longer jumps did not; a model trained with the fragment as context
+(DiffLinker) is the known remedy.
 
 Constraints on which fixed atoms may gain new neighbours, and connectivity of linkers, are enforced
 by rejection: ``accept(output) -> [B] bool`` is evaluated after sampling and rejected molecules are
@@ -198,7 +204,7 @@ class _Layout:
 def _inpaint_batch(
     process: EquivariantDiffusion, fragments: Sequence[Fragment], counts: torch.Tensor, grid: torch.Tensor,
     method: str, resample: int, gen: torch.Generator | None, device: torch.device,
-    context: torch.Tensor | None, bar: tqdm | None, known_noise: str = "fresh",
+    context: torch.Tensor | None, bar: tqdm | None, known_noise: str = "fresh", jump: int = 1,
 ) -> InpaintOutput:
     """Inpaint one batch (see the module docstring)."""
     proc = process
@@ -250,14 +256,24 @@ def _inpaint_batch(
         z_h[fidx] = kh
         return remove_mean(z_pos, batch, B), z_h
 
-    def renoise(z: tuple[torch.Tensor, torch.Tensor], k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``z_t ~ q(z_t | z_s)`` from grid point ``k + 1`` back to ``k`` (the fragment's state follows)."""
-        g = _renoise_gamma(gammas[k], gammas[k + 1]).to(device=device, dtype=dtype).expand(B)
+    def renoise(z: tuple[torch.Tensor, torch.Tensor], k: int, k_end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``z_t ~ q(z_t | z_s)`` from grid point ``k_end`` back to ``k`` (the fragment's state follows)."""
+        g = _renoise_gamma(gammas[k], gammas[k_end]).to(device=device, dtype=dtype).expand(B)
         e_pos, e_h = noise_all()
         z_pos, z_h = proc.q_sample(z[0], z[1], g, batch, e_pos, e_h)
         z_pos = remove_mean(z_pos, batch, B)
         known["k"], known["z"] = k, (remove_mean(z_pos[fidx], fb, B), z_h[fidx])
         return z_pos, z_h
+
+    def step(z_t: tuple[torch.Tensor, ...], k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One reverse step from grid point ``k`` to ``k + 1``, fixed atoms replaced."""
+        if method == "ancestral":
+            t = torch.full((B,), int(grid[k]) / T, dtype=dtype, device=device)
+            s = torch.full((B,), int(grid[k + 1]) / T, dtype=dtype, device=device)
+            z_s = proc.p_zs_given_zt(z_t[0], z_t[1], t, s, batch, B, context, noise=noise_all(), eps=eps_at(z_t, k))
+            return replace(z_s, k + 1)
+        return solve(method, z_t, lambda zz, j: eps_at(zz, k + j), gammas[k: k + 2],  # type: ignore[return-value]
+                     noise_fn=lambda j: noise_all(), project=lambda zz: replace(zz, k + 1))
 
     def eps_at(z: tuple[torch.Tensor, ...], k: int) -> tuple[torch.Tensor, torch.Tensor]:
         t = torch.full((B,), int(grid[k]) / T, dtype=dtype, device=device)
@@ -265,7 +281,7 @@ def _inpaint_batch(
 
     z = replace(noise_all(), 0)
     steps = len(grid) - 1
-    if method != "ancestral" and resample == 1:
+    if method != "ancestral" and resample == 1:  # (jump plays no role without resampling)
         # the solver's own multistep scheme over the whole grid; ``project`` runs once after every step
         done = [0]
 
@@ -284,24 +300,20 @@ def _inpaint_batch(
 
         z = solve(method, z, eps_at, gammas, noise_fn=noise_k, project=project, callback=after)  # type: ignore[assignment]
     else:
-        for k in range(steps):
+        k = 0
+        while k < steps:  # blocks of ``jump`` steps, each run ``resample`` times (RePaint's schedule)
+            k_end = min(k + jump, steps)
             z_t = z
             for u in range(resample):
-                if method == "ancestral":
-                    t = torch.full((B,), int(grid[k]) / T, dtype=dtype, device=device)
-                    s = torch.full((B,), int(grid[k + 1]) / T, dtype=dtype, device=device)
-                    z_s = proc.p_zs_given_zt(z_t[0], z_t[1], t, s, batch, B, context, noise=noise_all(),
-                                             eps=eps_at(z_t, k))
-                    z_s = replace(z_s, k + 1)
-                else:  # a one-step solve from grid point k to k + 1
-                    z_s = solve(method, z_t, lambda zz, j, k=k: eps_at(zz, k + j), gammas[k: k + 2],
-                                noise_fn=lambda j: noise_all(),
-                                project=lambda zz, k=k: replace(zz, k + 1))  # type: ignore[assignment]
+                z_s = z_t
+                for kk in range(k, k_end):
+                    z_s = step(z_s, kk)
                 if u < resample - 1:
-                    z_t = renoise(z_s, k)  # type: ignore[arg-type]
+                    z_t = renoise(z_s, k, k_end)  # type: ignore[arg-type]
             z = z_s
             if bar is not None:
-                bar.update(1)
+                bar.update(k_end - k)
+            k = k_end
     pos, types, charges = proc.sample_p_xh_given_z0(z[0], z[1], batch, B, context, generator=gen,
                                                     eps=eps_at(z, steps))
     # exact fragment: its types and charges, and a rigid translation into its own frame
@@ -343,7 +355,7 @@ def inpaint(
     steps: int | None = None, seed: int | None = 0, method: str = "ancestral", resample: int = 1,
     context: torch.Tensor | None = None, device: torch.device | str | None = None,
     max_atoms_per_batch: int = 4096, accept: Callable[[InpaintOutput], torch.Tensor] | None = None,
-    max_tries: int = 1, progress: bool = False, known_noise: str = "fresh",
+    max_tries: int = 1, progress: bool = False, known_noise: str = "fresh", jump: int = 1,
 ) -> InpaintOutput:
     """Generate molecules around fixed fragments (one molecule per entry of ``num_atoms``).
 
@@ -355,7 +367,9 @@ def inpaint(
             ``steps * R`` times.
         seed: RNG seed (``None``: non-deterministic); batch ``k`` uses :func:`batch_seed`.
         method: one of :data:`~moldiff.sampling.sampler.SAMPLERS`.
-        resample: ``R >= 1`` reverse steps per grid step (``R - 1`` jumps back; RePaint).
+        resample: ``R >= 1``: every block of ``jump`` steps is run ``R`` times, jumping back
+            (re-noising) ``R - 1`` times (RePaint).
+        jump: RePaint's jump length ``j``: steps per block (1: jump back one step at a time).
         context: ``[B, C]`` conditioning for conditional models.
         device: where to run (default: the model's device).
         max_atoms_per_batch: atom budget of one sampling batch.
@@ -380,6 +394,8 @@ def inpaint(
         raise ValueError("inpainting supports models with Gaussian atom types only (categorical types: not yet)")
     if int(resample) < 1:
         raise ValueError(f"resample must be >= 1, got {resample}")
+    if int(jump) < 1:
+        raise ValueError(f"jump must be >= 1, got {jump}")
     if known_noise not in ("bridge", "fresh"):
         raise ValueError(f"known_noise must be 'bridge' or 'fresh', got {known_noise!r}")
     if int(max_tries) < 1:
@@ -419,7 +435,7 @@ def inpaint(
             gen = torch.Generator().manual_seed(s) if s is not None else None
             ctx = None if context is None else context[ids]
             out = _inpaint_batch(process, [frags[i] for i in ids], counts[ids], grid, method, int(resample), gen,
-                                 device, ctx, bar, known_noise)
+                                 device, ctx, bar, known_noise, int(jump))
             ok = torch.ones(len(ids), dtype=torch.bool) if accept is None else torch.as_tensor(accept(out)).cpu()
             for j, (i, single) in enumerate(zip(ids, _select(out, list(range(len(ids)))), strict=True)):
                 tries[i] += 1

@@ -33,6 +33,14 @@ def test_fragment_kept_exactly_every_sampler(method, resample, make_process):
     assert out.fixed.sum() == 12 and bool(out.accepted.all())
 
 
+@pytest.mark.parametrize("method", ["ancestral", "dpm2"])
+def test_jump_and_bridge_keep_fragment(method, make_process):
+    frag = _fragment(3)
+    out = inpaint(make_process(), frag, [5, 6], steps=5, method=method, resample=2, jump=2, known_noise="bridge")
+    for types, pos in out.split():
+        assert torch.equal(pos[:3], frag.pos) and torch.equal(types[:3], frag.types)
+
+
 def test_per_molecule_fragments_and_reproducibility(make_process):
     proc = make_process()
     frags = [_fragment(2, 0), _fragment(3, 1)]
@@ -121,7 +129,7 @@ def test_sizes_given_fragment():
 @pytest.mark.parametrize(
     "kwargs, match",
     [({"num_atoms": [4]}, "nothing to generate"), ({"method": "euler"}, "unknown sampler"),
-     ({"resample": 0}, "resample"), ({"known_noise": "x"}, "known_noise")],
+     ({"resample": 0}, "resample"), ({"known_noise": "x"}, "known_noise"), ({"jump": 0}, "jump")],
 )
 def test_bad_arguments(kwargs, match, make_process):
     args = {"num_atoms": [6], **kwargs}
