@@ -522,7 +522,11 @@ def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", default=None, help="write the summary as JSON")
     p.add_argument("--csv", default=None, help="write one row per molecule as CSV (input order)")
     p.add_argument("--reference", default=None,
-                   help="novelty reference: 'qm9' (training-split SMILES) or a SMILES file (.txt/.txt.gz)")
+                   help="novelty reference: 'qm9' (training-split SMILES) or a SMILES file (.txt/.txt.gz); "
+                        "'moses' or a dataset built with 'moldiff data build' (e.g. moses2k) runs the drug-like "
+                        "benchmark (MOSES metrics, distributions, PoseBusters, strain)")
+    p.add_argument("--reference-size", type=int, default=10_000,
+                   help="drug-like references: MOSES test molecules sampled for FCD/SNN/Frag/Scaf (0: all 176k)")
     p.add_argument("--checks", default="edm",
                    help=f"comma-separated checks (edm is always run): {', '.join(CHECKS)}; or 'all'")
     p.add_argument("--workers", type=_positive_int, default=1,
@@ -551,6 +555,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         raise CLIError(f"{args.file}: no molecules found")
     if all(r.error for r in records):  # nothing parsed: the file is unreadable as molecules
         raise CLIError(f"{args.file}: no readable molecule ({records[0].error})")
+    if args.reference not in (None, "qm9") and not Path(args.reference).is_file():
+        return _run_evaluate_druglike(args, records)
     reference = None
     if args.reference == "qm9":
         from moldiff.data.qm9 import data_root
@@ -581,6 +587,31 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         from moldiff.evaluation.draw import draw_grid
 
         print(f"drew {draw_grid(table, args.grid)} molecules to {args.grid}")
+    return 0
+
+
+def _run_evaluate_druglike(args: argparse.Namespace, records: list) -> int:
+    """``moldiff evaluate --reference moses|DATASET``: the drug-like benchmark table."""
+    import json
+
+    from moldiff.data import data_root
+    from moldiff.evaluation import druglike_benchmark as db
+    from moldiff.evaluation.report import jsonable
+    from moldiff.io import atomic_write
+
+    if args.grid:
+        raise CLIError("--grid is not available with a drug-like reference")
+    ref = db.load_reference(args.reference, data_root(), n_test=args.reference_size)
+    table, summary = db.benchmark_molecules(records, ref, workers=args.workers)
+    print(f"{args.file}: {len(table)} molecules; reference {ref.name} (novelty: {ref.novelty_source}; "
+          f"distributions: {ref.properties_source}; MOSES test sample {ref.info['moses_test_sample']})")
+    print(db.format_drug_summary(summary))
+    if args.json:
+        with atomic_write(args.json) as fh:
+            json.dump({"summary": jsonable(summary), "reference": {"name": ref.name, **ref.info}}, fh, indent=2)
+    if args.csv:
+        with atomic_write(args.csv) as fh:
+            table.to_csv(fh, index=False)
     return 0
 
 
