@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from moldiff.sampling.priors import PropertyDistribution
+from moldiff.types import DatasetStats
 
 EpsFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -126,7 +127,7 @@ class ContextNormalizer:
     """``c_norm = (c − mean) / MAD`` per property, with statistics stored in the checkpoint.
 
     Args:
-        norms: ``{name: (mean, MAD)}`` (e.g. ``stats["property_norms"]``).
+        norms: ``{name: (mean, MAD)}`` (e.g. ``DatasetStats.property_norms``).
         keys: property order of the context columns.
 
     >>> n = ContextNormalizer({"alpha": (75.0, 6.0)}, ["alpha"])
@@ -228,15 +229,16 @@ def guided_eps_fn(denoise: Callable[..., tuple[torch.Tensor, torch.Tensor]], bat
 
 
 # ---------------------------------------------------------------------- sampling inputs
-def property_distribution(stats: Mapping[str, Any]) -> PropertyDistribution:
-    """The ``p(c | N)`` histograms stored in a checkpoint's statistics.
+def property_distribution(stats: DatasetStats | Mapping[str, Any]) -> PropertyDistribution:
+    """The ``p(c | N)`` histograms stored in a checkpoint's statistics (a dict is read as :class:`DatasetStats`).
 
     Raises:
         ValueError: the checkpoint predates them (``moldiff train`` stores them since 0.1.0).
     """
-    if "property_distribution" not in stats:
+    stats = DatasetStats.from_dict(stats)
+    if stats.property_distribution is None:
         raise ValueError("this checkpoint has no property histograms p(c | N); retrain it with moldiff train")
-    return PropertyDistribution.from_dict(stats["property_distribution"])
+    return PropertyDistribution.from_dict(stats.property_distribution)
 
 
 @dataclass
@@ -320,7 +322,7 @@ def conditional_inputs(model: Any, num: int, num_atoms: int | Sequence[int] | No
     free = tuple(k for k in keys if k not in target)
     drawn = pdist.sample(counts, free, generator=generator) if free else torch.empty(num, 0)
     cols = {k: drawn[:, free.index(k)] if k in free else torch.full((num,), target[k]) for k in keys}
-    norm = ContextNormalizer(model.stats["property_norms"], keys)
+    norm = ContextNormalizer(model.stats.property_norms, keys)
     values = torch.stack([cols[k].double() for k in keys], dim=1)
     context = norm.normalize(values)
     if flagged:
@@ -328,11 +330,12 @@ def conditional_inputs(model: Any, num: int, num_atoms: int | Sequence[int] | No
     return ConditionalInputs(num_atoms=counts, values=values, context=context.float(), guidance=guidance)
 
 
-def describe(stats: Mapping[str, Any], keys: Sequence[str]) -> str:
+def describe(stats: DatasetStats | Mapping[str, Any], keys: Sequence[str]) -> str:
     """One line per property: unit, training mean/MAD and range (for ``--help``-style listings)."""
     lines = []
-    norms = stats.get("property_norms", {})
-    ranges = stats.get("property_distribution", {}).get("ranges", {})  # (min, max) per property
+    stats = DatasetStats.from_dict(stats)
+    norms = stats.property_norms
+    ranges = (stats.property_distribution or {}).get("ranges", {})  # (min, max) per property
     for k in keys:
         spec = PROPERTIES.get(k)
         mean, mad = norms.get(k, (float("nan"), float("nan")))

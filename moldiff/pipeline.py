@@ -21,6 +21,7 @@ from moldiff.diffusion.process import EquivariantDiffusion
 from moldiff.models import build_model
 from moldiff.sampling.priors import NodeCountDistribution
 from moldiff.sampling.sampler import SAMPLERS, Sampler
+from moldiff.types import DatasetStats
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 #: The public name of :func:`moldiff.models.build_model` (config -> untrained model), kept for scripts.
@@ -39,30 +40,34 @@ class MolDiff:
     Attributes:
         process: the diffusion process holding the (EMA) denoiser.
         config: the training config.
-        stats: dataset statistics stored in the checkpoint (``elements``, ``n_atoms_hist``, ...).
+        stats: dataset statistics stored in the checkpoint (:class:`~moldiff.types.DatasetStats`;
+            a checkpoint's plain ``stats`` dict is converted on construction).
         name: model name or checkpoint path.
     """
 
     process: EquivariantDiffusion
     config: ExperimentConfig
-    stats: dict[str, Any]
+    stats: DatasetStats
     name: str = "model"
     info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.stats = DatasetStats.from_dict(self.stats)
 
     @property
     def elements(self) -> list[str]:
         """Element vocabulary (one-hot order)."""
-        return list(self.stats["elements"])
+        return list(self.stats.elements)
 
     @property
     def node_distribution(self) -> NodeCountDistribution:
         """``p(N)`` of the training data."""
-        return NodeCountDistribution({int(k): v for k, v in self.stats["n_atoms_hist"].items()})
+        return NodeCountDistribution(dict(self.stats.n_atoms_hist))
 
     @property
     def max_atoms(self) -> int:
         """Largest molecule the model was trained on."""
-        return int(self.stats.get("max_n_atoms", self.node_distribution.max_atoms))
+        return self.stats.max_atoms
 
     @property
     def conditioning(self) -> tuple[str, ...]:
@@ -190,8 +195,8 @@ def from_checkpoint(path: str | Path, device: str | torch.device = "cpu", use_em
     payload = load_checkpoint(path)
     try:
         config = ExperimentConfig.from_dict(payload["config"])
-        stats = payload["stats"]
-        process = build_model(config, len(stats["elements"]), int(stats.get("context_nf", 0)))
+        stats = DatasetStats.from_dict(payload["stats"])
+        process = build_model(config, len(stats.elements), stats.context_nf)
     except (KeyError, RuntimeError, TypeError, AttributeError, IndexError) as exc:
         msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ValueError(f"checkpoint {path} does not match this moldiff version: {msg}") from None

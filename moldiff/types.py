@@ -6,8 +6,9 @@ maps every atom to its molecule, so no molecule is padded to the largest one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Protocol, runtime_checkable
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -79,3 +80,78 @@ class Denoiser(Protocol):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Predict ``(eps_pos, eps_h)``."""
         ...
+
+
+#: Keys of :class:`DatasetStats` in a checkpoint's ``stats`` dict (anything else is kept in ``extra``).
+_STATS_KEYS = ("dataset", "elements", "n_atoms_hist", "max_n_atoms", "context_nf", "conditioning",
+               "property_norms", "property_distribution")
+
+
+@dataclass(frozen=True)
+class DatasetStats:
+    """Statistics of a model's training data, stored in every checkpoint so that sampling needs no dataset.
+
+    Checkpoints keep the plain dict (:meth:`to_dict`; read back with :meth:`from_dict`), so files
+    load with ``weights_only=True`` and files written before this class load unchanged.
+
+    Attributes:
+        elements: element vocabulary in one-hot order.
+        n_atoms_hist: ``{N: count}`` of the training molecules, ``p(N)``.
+        max_n_atoms: largest training molecule (``None`` in files that did not record it).
+        context_nf: number of conditioning properties.
+        conditioning: their names, in context order.
+        dataset: the dataset's name (``""`` when unrecorded).
+        property_norms: ``{name: (mean, MAD)}`` normalising each property (EDM: validation split).
+        property_distribution: ``p(c | N)`` as stored (``PropertyDistribution.to_dict()``), or ``None``.
+        extra: any other keys of the stored dict, kept for the round trip.
+    """
+
+    elements: tuple[str, ...]
+    n_atoms_hist: Mapping[int, float]
+    max_n_atoms: int | None = None
+    context_nf: int = 0
+    conditioning: tuple[str, ...] = ()
+    dataset: str = ""
+    property_norms: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    property_distribution: Mapping[str, Any] | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def max_atoms(self) -> int:
+        """``max_n_atoms``, or the largest ``N`` of the histogram when it was not recorded."""
+        return int(self.max_n_atoms) if self.max_n_atoms is not None else max(self.n_atoms_hist)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | DatasetStats) -> DatasetStats:
+        """Read the ``stats`` dict of a checkpoint (``DatasetStats`` passes through)."""
+        if isinstance(d, DatasetStats):
+            return d
+        if not isinstance(d, Mapping) or "elements" not in d or "n_atoms_hist" not in d:
+            raise KeyError("dataset statistics need 'elements' and 'n_atoms_hist'")
+        norms = d.get("property_norms") or {}
+        return cls(
+            elements=tuple(str(e) for e in d["elements"]),
+            n_atoms_hist={int(k): v for k, v in d["n_atoms_hist"].items()},
+            max_n_atoms=None if d.get("max_n_atoms") is None else int(d["max_n_atoms"]),
+            context_nf=int(d.get("context_nf", 0)),
+            conditioning=tuple(d.get("conditioning", ())),
+            dataset=str(d.get("dataset", "")),
+            property_norms={str(k): (float(v[0]), float(v[1])) for k, v in norms.items()},
+            property_distribution=d.get("property_distribution"),
+            extra={k: v for k, v in d.items() if k not in _STATS_KEYS},
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plain dict checkpoints store (lists, not tuples; optional keys only when set)."""
+        out: dict[str, Any] = {"dataset": self.dataset, "elements": list(self.elements),
+                               "n_atoms_hist": dict(self.n_atoms_hist)}
+        if self.max_n_atoms is not None:
+            out["max_n_atoms"] = int(self.max_n_atoms)
+        out["context_nf"] = int(self.context_nf)
+        out["conditioning"] = list(self.conditioning)
+        if self.property_norms:
+            out["property_norms"] = {k: [float(m), float(s)] for k, (m, s) in self.property_norms.items()}
+        if self.property_distribution is not None:
+            out["property_distribution"] = self.property_distribution
+        out.update(self.extra)
+        return out

@@ -264,7 +264,7 @@ def test_cli_bad_targets_exit_2(tmp_path, capsys):
     model = _tiny_model()
     ckpt = tmp_path / "cond.pt"
     state = model.process.state_dict()
-    payload = {"config": model.config.to_dict(), "stats": model.stats, "model": state, "ema": state}
+    payload = {"config": model.config.to_dict(), "stats": model.stats.to_dict(), "model": state, "ema": state}
     save_checkpoint(ckpt, payload)
     out = str(tmp_path / "o.xyz")
     base = ["sample", "--model", str(ckpt), "--num", "1", "--steps", "2", "--out", out]

@@ -42,6 +42,7 @@ from moldiff.pipeline import build_process  # noqa: E402
 from moldiff.sampling.priors import NodeCountDistribution  # noqa: E402
 from moldiff.sampling.sampler import SAMPLERS, Sampler  # noqa: E402
 from moldiff.training.trainer import Trainer  # noqa: E402
+from moldiff.types import DatasetStats  # noqa: E402
 
 SUMMARY = ("atom_stability", "mol_stability", "validity", "uniqueness")
 
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     payload = load_checkpoint(args.checkpoint)
     config = ExperimentConfig.from_dict(payload["config"])
-    stats = payload["stats"]
+    stats = DatasetStats.from_dict(payload["stats"])
     train_over: dict[str, Any] = {"max_minutes": args.max_minutes, "device": args.device, "max_steps": None,
                                   "epochs": 10**6,
                                   "eval_every_steps": 10**9, "checkpoint_every_steps": 10**9,
@@ -117,14 +118,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         train_over["lr"] = args.lr
     config = config.override(train=train_over, model={"precision": "bf16"} if args.bf16 else {})
     arrays = load_packed(args.data, args.max_molecules)
-    elements = list(stats["elements"])
+    elements = list(stats.elements)
     if list(arrays.elements) != elements:
         raise SystemExit(f"data elements {arrays.elements} differ from the checkpoint's {elements}")
     loader = MolLoader(arrays, batch_size=config.train.batch_size, shuffle=True, seed=args.seed)
     t_load = time.perf_counter() - t_start
 
-    process = build_process(config, len(elements), int(stats.get("context_nf", 0)))
-    hist = {int(k): v for k, v in stats["n_atoms_hist"].items()}
+    process = build_process(config, len(elements), stats.context_nf)
+    hist = dict(stats.n_atoms_hist)
     work = Path(tempfile.mkdtemp(prefix="moldiff_resume_"))
     shutil.copy(args.checkpoint, work / "last.pt")
     trainer = Trainer(process, config, stats, train_batches=loader.iter_batches, out_dir=work,

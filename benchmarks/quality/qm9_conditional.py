@@ -168,7 +168,7 @@ def sweep(prop: str, arrays, args: argparse.Namespace, work: Path, png: Path) ->
     gen_path = generator_checkpoint(prop, args, work)
     ensure_property_distribution(gen_path, arrays, prop)
     model = from_checkpoint(gen_path)
-    norm = [float(v) for v in model.stats["property_norms"][prop]]
+    norm = [float(v) for v in model.stats.property_norms[prop]]
     lo, hi = np.percentile(arrays.properties[prop][get_split("second_half", "qm9")], [5, 95])
     targets = np.linspace(lo, hi, 5)
     out: dict = {"targets": targets.tolist(), "unit": PROPERTIES[prop].unit}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from moldiff.data.splits import get_split
 from moldiff.data.statistics import n_atoms_histogram, property_mean_mad
 from moldiff.models import build_model
 from moldiff.training.trainer import Trainer, TrainState
+from moldiff.types import DatasetStats
 
 _SPLIT_NAMES = {"train": "train", "first_half": "first_half", "second_half": "second_half"}
 
@@ -38,18 +40,17 @@ def _maybe_init_distributed() -> None:
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
 
 
-def dataset_statistics(arrays: Any, rows: Any, conditioning: tuple[str, ...], dataset: str) -> dict[str, Any]:
+def dataset_statistics(arrays: Any, rows: Any, conditioning: tuple[str, ...], dataset: str) -> DatasetStats:
     """Statistics stored in every checkpoint so that sampling needs no dataset."""
     hist = n_atoms_histogram(arrays, rows)
-    stats: dict[str, Any] = {
-        "dataset": dataset,
-        "elements": list(arrays.elements),
-        "n_atoms_hist": {int(k): int(v) for k, v in hist.items()},
-        "max_n_atoms": int(max(hist)),
-        "context_nf": len(conditioning),
-        "conditioning": list(conditioning),
-    }
-    return stats
+    return DatasetStats(
+        dataset=dataset,
+        elements=tuple(arrays.elements),
+        n_atoms_hist={int(k): int(v) for k, v in hist.items()},
+        max_n_atoms=int(max(hist)),
+        context_nf=len(conditioning),
+        conditioning=tuple(conditioning),
+    )
 
 
 def run_training(
@@ -103,18 +104,18 @@ def run_training(
     val = None
     if val_rows is not None and len(val_rows):
         val = MolLoader(arrays, val_rows, batch_size=tc.batch_size, shuffle=False, **loader_kw)
-    stats = dataset_statistics(train.arrays, rows, tuple(dc.conditioning), dc.dataset)
-    stats["elements"] = list(train.elements)
+    stats = replace(dataset_statistics(train.arrays, rows, tuple(dc.conditioning), dc.dataset),
+                    elements=tuple(train.elements))
     if norms:
         from moldiff.sampling.priors import PropertyDistribution
 
-        stats["property_norms"] = {k: [float(m), float(s)] for k, (m, s) in norms.items()}
         # p(c | N) of the generator's training molecules (EDM's DistributionProperty), for sampling
         # targets without a dataset.
         prop_dist = PropertyDistribution.from_values(
             train.arrays.n_atoms[rows], {k: arrays.properties[k][rows] for k in dc.conditioning}
         )
-        stats["property_distribution"] = prop_dist.to_dict()
+        stats = replace(stats, property_norms={k: (float(m), float(s)) for k, (m, s) in norms.items()},
+                        property_distribution=prop_dist.to_dict())
     type_prior = None
     if config.diffusion.atom_types == "categorical":  # the limit of categorical types: the data's marginal
         types = train.arrays.type_index[atom_ranges(train.arrays.ptr[rows], train.arrays.n_atoms[rows])]

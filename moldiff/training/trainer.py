@@ -30,7 +30,7 @@ from moldiff.diffusion.process import EquivariantDiffusion
 from moldiff.evaluation.stability import stability_fractions
 from moldiff.sampling.priors import NodeCountDistribution
 from moldiff.sampling.sampler import Sampler
-from moldiff.types import MolBatch
+from moldiff.types import DatasetStats, MolBatch
 
 #: ``batches(epoch) -> iterator of MolBatch``; must be deterministic for a given epoch.
 BatchFn = Callable[[int], Iterator[MolBatch]]
@@ -98,19 +98,19 @@ class Trainer:
     Args:
         process: the model to train (its denoiser may be wrapped in DDP by the trainer).
         config: the experiment config (saved in every checkpoint).
-        stats: dataset statistics stored in checkpoints (``elements``, ``n_atoms_hist`` ...).
+        stats: dataset statistics stored in checkpoints (:class:`~moldiff.types.DatasetStats`, or its dict).
         train_batches: deterministic per-epoch batch iterator.
         val_batches: optional validation batch iterator (``epoch`` argument ignored).
         out_dir: run directory.
         device: torch device.
     """
 
-    def __init__(self, process: EquivariantDiffusion, config: ExperimentConfig, stats: dict[str, Any],
+    def __init__(self, process: EquivariantDiffusion, config: ExperimentConfig, stats: DatasetStats | dict[str, Any],
                  train_batches: BatchFn, out_dir: str | Path, val_batches: BatchFn | None = None,
                  device: str | torch.device = "cpu", progress: bool = True) -> None:
         self.cfg = config.train
         self.config = config
-        self.stats = stats
+        self.stats = DatasetStats.from_dict(stats)
         self.device = torch.device(device)
         self.process = process.to(self.device)
         self.ema = copy.deepcopy(self.process).eval()
@@ -135,12 +135,12 @@ class Trainer:
         self.clipper = GradClipper()
         self.state = TrainState()
         self.gen = torch.Generator().manual_seed(self.cfg.seed * 1000 + self.rank)
-        self.node_dist = NodeCountDistribution({int(k): v for k, v in stats["n_atoms_hist"].items()})
+        self.node_dist = NodeCountDistribution(dict(self.stats.n_atoms_hist))
 
     # ------------------------------------------------------------------ checkpoints
     def _payload(self) -> dict[str, Any]:
         return {
-            "config": self.config.to_dict(), "stats": self.stats,
+            "config": self.config.to_dict(), "stats": self.stats.to_dict(),
             "model": self.process.state_dict(), "ema": self.ema.state_dict(),
             "optimizer": self.opt.state_dict(), "clip_history": list(self.clipper.queue),
             "state": vars(self.state).copy(), "rng": self.gen.get_state(),
@@ -219,11 +219,11 @@ class Trainer:
         if self.cfg.n_eval_samples and self.rank == 0:
             n, context = self.cfg.n_eval_samples, None
             counts = self.node_dist.sample(n, torch.Generator().manual_seed(self.state.step))
-            if self.stats.get("context_nf") and self.val_batches is not None:
+            if self.stats.context_nf and self.val_batches is not None:
                 # conditional model: sample at the (N, c) pairs of real validation molecules
                 mb = self._context(next(iter(self.val_batches(0))), train=False)
                 counts, context = mb.num_atoms[:n], mb.context[:n]
-            a, m = quick_stability(self.ema, list(self.stats["elements"]), counts, self.cfg.eval_sample_steps,
+            a, m = quick_stability(self.ema, list(self.stats.elements), counts, self.cfg.eval_sample_steps,
                                    seed=self.state.step, context=context)
             row["atom_stability"], row["mol_stability"] = a, m
         self._log(row)

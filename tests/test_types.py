@@ -1,0 +1,55 @@
+"""DatasetStats: the typed view of a checkpoint's ``stats`` dict (round trip, old files, immutability)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from moldiff.checkpoint import load_checkpoint
+from moldiff.pipeline import PRETRAINED_DIR, load_model, shipped_models
+from moldiff.types import DatasetStats
+
+
+@pytest.mark.parametrize("name", shipped_models())
+def test_shipped_stats_round_trip_exactly(name):
+    stored = load_checkpoint(PRETRAINED_DIR / f"{name}.pt")["stats"]
+    stats = DatasetStats.from_dict(stored)
+    assert stats.to_dict() == stored
+    assert list(stats.to_dict()) == list(stored)  # same key order as the trainer writes
+    assert stats.elements == ("H", "C", "N", "O", "F") and stats.max_atoms == 29
+    assert stats.context_nf == len(stats.conditioning) == (0 if name == "qm9" else 1)
+    if stats.conditioning:
+        (prop,) = stats.conditioning
+        mean, mad = stats.property_norms[prop]
+        assert isinstance(mean, float) and mad > 0
+        assert prop in stats.property_distribution["ranges"]
+
+
+def test_model_stats_are_typed_and_frozen():
+    model = load_model("qm9-alpha")
+    assert isinstance(model.stats, DatasetStats)
+    assert model.max_atoms == 29 and model.elements == ["H", "C", "N", "O", "F"]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        model.stats.context_nf = 3  # type: ignore[misc]
+
+
+def test_older_and_minimal_dicts():
+    old = {"elements": ["H", "C"], "n_atoms_hist": {"3": 2, "5": 1}, "custom": [1, 2]}
+    stats = DatasetStats.from_dict(old)
+    assert stats.n_atoms_hist == {3: 2, 5: 1} and stats.max_n_atoms is None and stats.max_atoms == 5
+    assert stats.context_nf == 0 and stats.conditioning == () and stats.property_distribution is None
+    assert stats.to_dict()["custom"] == [1, 2]  # unknown keys survive the round trip
+    assert "max_n_atoms" not in stats.to_dict() and "property_norms" not in stats.to_dict()
+    assert DatasetStats.from_dict(stats) is stats
+    with pytest.raises(KeyError, match="elements"):
+        DatasetStats.from_dict({"n_atoms_hist": {3: 1}})
+
+
+def test_stats_survive_weights_only_save(tmp_path):
+    from moldiff.checkpoint import save_checkpoint
+
+    stats = DatasetStats(elements=("H", "C"), n_atoms_hist={3: 1}, max_n_atoms=3, context_nf=1,
+                         conditioning=("alpha",), property_norms={"alpha": (75.0, 6.0)})
+    save_checkpoint(tmp_path / "c.pt", {"config": {}, "stats": stats.to_dict(), "model": {}, "ema": {}})
+    assert DatasetStats.from_dict(load_checkpoint(tmp_path / "c.pt")["stats"]) == stats
