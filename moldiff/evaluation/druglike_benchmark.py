@@ -183,7 +183,8 @@ def load_reference(name: str, data_root: str | Path, n_test: int | None = 10_000
     * a built dataset (``moldiff data build``): novelty against its ``train_smiles.txt.gz``,
       descriptor distributions against (a sample of up to ``n_test`` of) those training SMILES.
 
-    MOSES metrics are always against a seeded sample of ``n_test`` MOSES test molecules (``None`` or
+    A dataset built as ``data/moses/`` (``moldiff data build --moses train --name moses``) is used
+    as a built dataset. MOSES metrics are always against a seeded sample of ``n_test`` MOSES test molecules (``None`` or
     0: all 176,074; MOSES uses all of them), cached under ``<data_root>/.build/moses_reference/``.
 
     Raises:
@@ -198,7 +199,7 @@ def load_reference(name: str, data_root: str | Path, n_test: int | None = 10_000
     cache_dir = data_root / ".build" / "moses_reference" if cache else None
     stats = _moses_test_stats(n_test or 0, seed, cache_dir)
     n_ref = len(stats["smiles"])
-    if name == "moses":
+    if name == "moses" and not train_file.is_file():  # a dataset built under the name "moses" wins
         novelty = set(read_moses_smiles("train"))
         novelty_source = "MOSES train SMILES (as stored, 1.58 M)"
         props, props_source = stats["properties"], f"MOSES test sample ({n_ref})"
