@@ -380,18 +380,20 @@ def _sample_to_file(args: argparse.Namespace, model: MolDiff, fmt: str, target: 
 
     from moldiff.io import molecule_writer
     from moldiff.pipeline import to_rdkit
+    from moldiff.sampling.config import SamplingConfig
     from moldiff.sampling.sharding import gather_in_order
 
     method, steps = model.default_sampling  # each overridden by its flag
     method, steps = args.sampler or method, args.steps or steps
+    config = SamplingConfig(method=method, steps=steps, eta=args.eta, seed=args.seed, batch_size=args.batch_size,
+                            max_atoms_per_batch=args.batch_atoms)  # validated once, here
     molecules: list = []
     with warnings.catch_warnings(record=True) as caught:  # e.g. a target outside the training range
         warnings.simplefilter("always", UserWarning)
         batches = model.iter_samples(
-            args.num, steps=steps, seed=args.seed, num_atoms=args.num_atoms, method=method, eta=args.eta,
-            batch_size=args.batch_size, max_atoms_per_batch=args.batch_atoms, progress=shard.is_main,
-            target=target, guidance=args.guidance, device=device, rank=shard.rank, world_size=shard.world_size,
-            allow_extrapolation=args.allow_extrapolation,
+            args.num, num_atoms=args.num_atoms, progress=shard.is_main, target=target, guidance=args.guidance,
+            device=device, rank=shard.rank, world_size=shard.world_size,
+            allow_extrapolation=args.allow_extrapolation, config=config,
         )  # arguments are checked here, before any sampling
         ordered = gather_in_order(batches, shard)
         if not shard.is_main:

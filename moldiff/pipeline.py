@@ -19,6 +19,8 @@ from moldiff.checkpoint import load_checkpoint, load_state
 from moldiff.config import ExperimentConfig
 from moldiff.diffusion.process import EquivariantDiffusion
 from moldiff.models import build_model
+from moldiff.sampling.batching import iter_batches
+from moldiff.sampling.config import SamplingConfig
 from moldiff.sampling.priors import NodeCountDistribution
 from moldiff.sampling.sampler import SAMPLERS, Sampler
 from moldiff.types import DatasetStats
@@ -99,7 +101,7 @@ class MolDiff:
         progress: bool = False, context: torch.Tensor | None = None, eps_fn: Any = None,
         target: dict[str, float] | None = None, guidance: float | None = None, eta: float = 0.0,
         device: str | torch.device | None = None, rank: int = 0, world_size: int = 1,
-        allow_extrapolation: bool = False,
+        allow_extrapolation: bool = False, *, config: SamplingConfig | None = None,
     ) -> Iterator[tuple[int, list[tuple[list[str], np.ndarray]]]]:
         """Sample ``num`` molecules batch by batch: an iterator of ``(k, molecules)`` for batch ``k``, in order.
 
@@ -113,20 +115,20 @@ class MolDiff:
         :func:`moldiff.sampling.sampler.auto_batch_budget`), at most ``batch_size`` molecules each.
         ``allow_extrapolation`` accepts targets outside the training range (refused otherwise).
         ``progress`` shows one bar over all denoising steps of this rank's batches.
+
+        ``config`` gives method, steps, eta, seed and batch budgets as one
+        :class:`~moldiff.sampling.config.SamplingConfig` (the CLI's way in); without it one is built
+        from ``method``, ``steps``, ``eta``, ``seed``, ``batch_size`` and ``max_atoms_per_batch``.
         """
         if num < 1:
             raise ValueError(f"number of molecules must be >= 1, got {num}")
-        if seed is not None and not 0 <= int(seed) < 2**32:
-            raise ValueError(f"seed must be between 0 and 2^32 - 1, got {seed}")
-        T = self.process.timesteps
-        if steps is not None and not 1 <= steps <= T:
-            raise ValueError(f"--steps must be between 1 and T={T}, got {steps}")
-        if method not in SAMPLERS:
-            raise ValueError(f"unknown sampler {method!r}; allowed: {list(SAMPLERS)}")
-        if eta != 0.0 and method != "ddim":
-            raise ValueError(f"eta is a ddim option; got eta={eta} with sampler {method!r}")
-        if not 0.0 <= eta <= 1.0:
-            raise ValueError(f"eta must be between 0 and 1, got {eta}")
+        if config is None:
+            config = SamplingConfig(method=method, steps=steps, eta=eta, seed=seed, batch_size=batch_size,
+                                    max_atoms_per_batch=max_atoms_per_batch)
+        elif (steps, seed, method, eta, batch_size, max_atoms_per_batch) != (None, 0, "ancestral", 0.0, None, None):
+            raise ValueError("pass either config=SamplingConfig(...) or method/steps/eta/seed/batch sizes, not both")
+        config.num_steps(self.process.timesteps)  # steps <= T, checked before any sampling
+        seed = config.seed
         gen = torch.Generator().manual_seed(int(seed)) if seed is not None else None
         cond = None
         if self.conditioning and context is None:
@@ -150,11 +152,9 @@ class MolDiff:
 
         self.process.eval()
         elements = self.elements
-        batches = Sampler(self.process).iter_batches(
-            counts, max_atoms_per_batch=max_atoms_per_batch, max_graphs_per_batch=batch_size, seed=seed,
-            context=context, eps_fn_for=eps_fn_for, rank=rank, world_size=world_size, progress=progress,
-            steps=steps, method=method, eps_fn=eps_fn, eta=eta, device=device,
-        )
+        batches = iter_batches(Sampler(self.process), counts, config, context=context, eps_fn=eps_fn,
+                               eps_fn_for=eps_fn_for, rank=rank, world_size=world_size, progress=progress,
+                               device=device)
         return ((k, [([elements[i] for i in t.tolist()], p.double().numpy()) for t, p in out.split()])
                 for k, _, out in batches)
 

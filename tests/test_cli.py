@@ -129,9 +129,9 @@ def test_sample_defaults_to_the_models_recommended_sampler(tiny_ckpt, tmp_path, 
     monkeypatch.setattr(MolDiff, "iter_samples", spy)
     argv = ["sample", "--model", str(tmp_path / "rec.pt"), "--num", "2", "--out", str(tmp_path / "a.xyz")]
     assert main(argv) == 0
-    assert (seen["method"], seen["steps"]) == ("dpm2sde", 7)
+    assert (seen["config"].method, seen["config"].steps) == ("dpm2sde", 7)  # one SamplingConfig travels down
     assert main(argv + ["--sampler", "ancestral", "--steps", "3"]) == 0  # flags override each default
-    assert (seen["method"], seen["steps"]) == ("ancestral", 3)
+    assert (seen["config"].method, seen["config"].steps) == ("ancestral", 3)
     payload["info"]["sampling"] = {"method": "euler", "steps": 7}  # unknown: fall back, do not fail
     save_checkpoint(tmp_path / "bad.pt", payload)
     assert from_checkpoint(tmp_path / "bad.pt").default_sampling == ("ancestral", None)

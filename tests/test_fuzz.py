@@ -63,7 +63,7 @@ def no_work(monkeypatch):
     def stop(*args, **kwargs):
         raise WorkStarted
 
-    monkeypatch.setattr(Sampler, "_sample_fitting", stop)
+    monkeypatch.setattr(Sampler, "sample", stop)
     monkeypatch.setattr(moldiff.training.run, "run_training", stop)
     monkeypatch.setattr(moldiff.data, "prepare_qm9", stop)
 

@@ -246,7 +246,7 @@ def _interrupt_sampling(monkeypatch, signum: int | None):
         time.sleep(5)  # the handler raises here
         raise AssertionError("signal not delivered")
 
-    monkeypatch.setattr(Sampler, "_sample_fitting", interrupted)
+    monkeypatch.setattr(Sampler, "sample", interrupted)  # the first batch
 
 
 @pytest.mark.parametrize("signum, code", [(None, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
@@ -334,6 +334,7 @@ def test_sdf_titles_carry_index_and_smiles_or_invalid(tiny_run, tmp_path):
 
 
 def test_sampling_progress_advances_per_step(tiny_run, monkeypatch):
+    import moldiff.sampling.batching as batching_mod
     import moldiff.sampling.sampler as sampler_mod
     from moldiff.pipeline import load_model
 
@@ -364,7 +365,8 @@ def test_sampling_progress_advances_per_step(tiny_run, monkeypatch):
         def close(self):
             pass
 
-    monkeypatch.setattr(sampler_mod, "tqdm", Bar)
+    monkeypatch.setattr(sampler_mod, "tqdm", Bar)  # the per-batch bar
+    monkeypatch.setattr(batching_mod, "tqdm", Bar)  # the outer bar over all batches
     model = load_model(str(tiny_run / "last.pt"))
     model.sample_raw(4, steps=7, progress=True, batch_size=2)  # two batches of 7 steps
     outer = [b for b in bars if not b.disable and b.unit == "step" and b.total == 14]

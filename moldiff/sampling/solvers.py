@@ -9,7 +9,10 @@ Notation (EDM / VDM): ``alpha_t^2 = sigmoid(-gamma_t)``, ``sigma_t^2 = sigmoid(g
 ``lambda_t = -gamma_t / 2 = log(alpha_t / sigma_t)``; the data prediction from a noise prediction
 is ``x0_hat = (z_t - sigma_t eps_hat) / alpha_t``.
 
-* ``ancestral``: EDM's ``p(z_s | z_t)`` (stochastic; needs many steps).
+* ``ancestral``: EDM's ``p(z_s | z_t)`` (stochastic; needs many steps): ``z_s = z_t / alpha_t|s
+  - sigma_t|s^2 / (alpha_t|s sigma_t) eps_hat + (sigma_t|s sigma_s / sigma_t) noise``. The sampler
+  passes the process's own reverse update as ``step_fn`` (so a process with other channels, e.g.
+  categorical atom types, keeps its exact transition); without one the Gaussian formula above is used.
 * ``ddim``: Song et al. (2021), ``z_s = alpha_s x0_hat + sqrt(sigma_s^2 - std^2) eps_hat + std noise``
   with ``std = eta * sigma_t|s sigma_s / sigma_t``; ``eta = 0`` is the deterministic (probability
   flow) first-order solver, ``eta = 1`` is the ancestral step again.
@@ -54,9 +57,11 @@ NoiseFn = Callable[[int], State]
 Project = Callable[[State], State]
 #: ``callback(k, z)`` called with the state reached after step ``k``.
 Callback = Callable[[int, State], None]
+#: ``step_fn(k, z, eps, noise) -> z`` a process's own ancestral update from grid point ``k`` to ``k + 1``.
+StepFn = Callable[[int, State, State, State], State]
 
-#: Solvers registered here; :data:`moldiff.sampling.sampler.SAMPLERS` adds ``"ancestral"``.
-SOLVERS: tuple[str, ...] = ("ddim", "dpm2", "dpm2sde")
+#: Every sampler, a solver registered here (:data:`moldiff.sampling.sampler.SAMPLERS` is this tuple).
+SOLVERS: tuple[str, ...] = ("ancestral", "ddim", "dpm2", "dpm2sde")
 
 
 def grid_gammas(schedule: NoiseSchedule, grid: torch.Tensor) -> torch.Tensor:
@@ -83,6 +88,45 @@ def _identity(z: State) -> State:
 
 def _combine(a: float, z: State, b: float, e: State) -> State:
     return tuple(a * zi + b * ei for zi, ei in zip(z, e, strict=True))
+
+
+def ancestral_solve(
+    z: State, eps_at: EpsAt, gammas: torch.Tensor, noise_fn: NoiseFn, step_fn: StepFn | None = None,
+    project: Project = _identity, callback: Callback | None = None,
+) -> State:
+    """EDM's ancestral sampler ``p(z_s | z_t)`` from grid point 0 to grid point ``S``.
+
+    Every step draws its noise first, then evaluates the network (the order EDM's sampler draws
+    random numbers in), then applies ``step_fn`` (the process's update; it re-centres positions
+    itself) or, without one, the Gaussian update of the module docstring followed by ``project``.
+
+    Args:
+        z: initial state at grid point 0.
+        eps_at: noise predictor at grid point ``k`` (called once per step).
+        gammas: ``[S + 1]`` float64 ``gamma`` of the grid.
+        noise_fn: standard noise for a step (zero-CoM for positions).
+        step_fn: the process's own reverse update ``(k, z, eps, noise) -> z`` (``None``: the formula).
+        project: applied after every update when ``step_fn`` is ``None``.
+        callback: called as ``callback(k, z)`` after step ``k``.
+
+    Returns:
+        The state at the last grid point.
+    """
+    sigma = NoiseSchedule.sigma_from_gamma(gammas)
+    for k in range(len(gammas) - 1):
+        noise = noise_fn(k)
+        eps = eps_at(z, k)
+        if step_fn is not None:
+            z = step_fn(k, z, eps, noise)
+        else:
+            sigma2_ts, sigma_ts, alpha_ts = NoiseSchedule.sigma_and_alpha_t_given_s(gammas[k], gammas[k + 1])
+            c_eps = -float(sigma2_ts / (alpha_ts * sigma[k]))
+            std = float(sigma_ts * sigma[k + 1] / sigma[k])
+            z = _combine(1.0 / float(alpha_ts), z, c_eps, eps)
+            z = project(tuple(zi + std * ni for zi, ni in zip(z, noise, strict=True)))
+        if callback is not None:
+            callback(k, z)
+    return z
 
 
 def ddim_solve(
@@ -215,8 +259,11 @@ def _dpm2m(
 def solve(
     method: str, z: State, eps_at: EpsAt, gammas: torch.Tensor, *, eta: float = 0.0,
     noise_fn: NoiseFn | None = None, project: Project = _identity, callback: Callback | None = None,
+    step_fn: StepFn | None = None,
 ) -> State:
     """Dispatch to a registered solver by name (one of :data:`SOLVERS`).
+
+    ``step_fn`` is the process's ancestral update (``ancestral`` only; see :func:`ancestral_solve`).
 
     >>> sched = NoiseSchedule("polynomial_2", 100)
     >>> gam = grid_gammas(sched, torch.tensor([100, 50, 0]))
@@ -227,6 +274,10 @@ def solve(
     >>> round(float(z0[0]), 2)  # z_0 = alpha_0 x0 + sigma_0 eps, sigma_0 ~ 0.003
     0.7
     """
+    if method == "ancestral":
+        if noise_fn is None:
+            raise ValueError("ancestral needs a noise_fn")
+        return ancestral_solve(z, eps_at, gammas, noise_fn, step_fn=step_fn, project=project, callback=callback)
     if method == "ddim":
         return ddim_solve(z, eps_at, gammas, eta=eta, noise_fn=noise_fn, project=project, callback=callback)
     if method == "dpm2":

@@ -1,0 +1,70 @@
+"""The one way in to sampling: a frozen :class:`SamplingConfig`, validated once when it is built.
+
+The CLI and :meth:`moldiff.pipeline.MolDiff.iter_samples` build it from their arguments; batching
+(:mod:`moldiff.sampling.batching`), the sampler and the solver read its fields, so the number of
+steps, the method and ``eta`` travel as one checked object instead of loose keyword arguments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from moldiff.sampling.solvers import SOLVERS
+
+#: Largest seed: seeds are 32-bit (NumPy's ``RandomState`` limit; torch seeds derive from them).
+MAX_SEED = 2**32 - 1
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How to sample: solver, steps, stochasticity, seed and batch budgets.
+
+    Attributes:
+        method: one of :data:`~moldiff.sampling.solvers.SOLVERS` (``ancestral``, ``ddim``, ``dpm2``, ``dpm2sde``).
+        steps: denoising steps (``None``: all ``T`` of the model; checked against ``T`` by :meth:`num_steps`).
+        eta: DDIM stochasticity in ``[0, 1]`` (``ddim`` only): 0 deterministic, 1 the ancestral variance.
+        seed: seed of the run (``None``: non-deterministic); batch ``k`` derives its own
+            (:func:`~moldiff.sampling.batching.batch_seed`).
+        batch_size: at most this many molecules per batch (``None``: no limit).
+        max_atoms_per_batch: atom budget per batch (``None``: automatic for the device).
+        max_edges_per_batch: edge budget per batch (``None``: automatic with an automatic atom budget, else none).
+
+    >>> SamplingConfig("ddim", steps=50, eta=0.5).num_steps(1000)
+    50
+    >>> SamplingConfig("dpm2", eta=0.5)
+    Traceback (most recent call last):
+    ...
+    ValueError: eta is a ddim option; got eta=0.5 with sampler 'dpm2'
+    """
+
+    method: str = "ancestral"
+    steps: int | None = None
+    eta: float = 0.0
+    seed: int | None = 0
+    batch_size: int | None = None
+    max_atoms_per_batch: int | None = None
+    max_edges_per_batch: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in SOLVERS:
+            raise ValueError(f"unknown sampler {self.method!r}; allowed: {list(SOLVERS)}")
+        if self.steps is not None and int(self.steps) < 1:
+            raise ValueError(f"--steps must be >= 1, got {self.steps}")
+        if self.eta != 0.0 and self.method != "ddim":
+            raise ValueError(f"eta is a ddim option; got eta={self.eta} with sampler {self.method!r}")
+        if not 0.0 <= self.eta <= 1.0:
+            raise ValueError(f"eta must be between 0 and 1, got {self.eta}")
+        if self.seed is not None and not 0 <= int(self.seed) <= MAX_SEED:
+            raise ValueError(f"seed must be between 0 and 2^32 - 1, got {self.seed}")
+        for name in ("batch_size", "max_atoms_per_batch", "max_edges_per_batch"):
+            value = getattr(self, name)
+            if value is not None and int(value) < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+
+    def num_steps(self, timesteps: int) -> int:
+        """Steps for a model with ``timesteps`` (``T``): ``steps``, or ``T`` when unset; checked to be ``<= T``."""
+        if self.steps is None:
+            return int(timesteps)
+        if not 1 <= int(self.steps) <= timesteps:
+            raise ValueError(f"--steps must be between 1 and T={timesteps}, got {self.steps}")
+        return int(self.steps)

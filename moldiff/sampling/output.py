@@ -1,0 +1,54 @@
+"""What samplers return (:class:`SampleOutput`, sparse, as tensors) and the network override type (:data:`EpsFn`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+#: A network override ``(z_pos, z_h, t) -> (eps_pos, eps_h)`` for one batch (e.g. classifier-free guidance).
+EpsFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class SampleOutput:
+    """Sampled molecules, sparse.
+
+    Attributes:
+        pos: ``[N, 3]`` positions (Å).
+        types: ``[N]`` atom-type index into the model's vocabulary.
+        charges: ``[N]`` rounded charge channel (atomic number), zeros if the model has none.
+        batch: ``[N]`` molecule index.
+        num_graphs: number of molecules.
+        chain: optional list of ``(pos, types)`` snapshots along the trajectory.
+    """
+
+    pos: torch.Tensor
+    types: torch.Tensor
+    charges: torch.Tensor
+    batch: torch.Tensor
+    num_graphs: int
+    chain: list | None = None
+
+    def split(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per-molecule ``(types [n], pos [n, 3])`` on the CPU, in order."""
+        counts = torch.bincount(self.batch.cpu(), minlength=self.num_graphs).tolist()
+        types, pos = torch.split(self.types.cpu(), counts), torch.split(self.pos.cpu(), counts)
+        return list(zip(types, pos, strict=True))
+
+    def cpu(self) -> SampleOutput:
+        """This output with its tensors on the CPU (the chain is dropped)."""
+        return SampleOutput(pos=self.pos.cpu(), types=self.types.cpu(), charges=self.charges.cpu(),
+                            batch=self.batch.cpu(), num_graphs=self.num_graphs)
+
+
+def concat_outputs(parts: Sequence[SampleOutput]) -> SampleOutput:
+    """One :class:`SampleOutput` (CPU tensors) holding the molecules of ``parts`` in order."""
+    offsets = torch.cumsum(torch.tensor([0] + [p.num_graphs for p in parts[:-1]]), 0).tolist()
+    return SampleOutput(
+        pos=torch.cat([p.pos.cpu() for p in parts]), types=torch.cat([p.types.cpu() for p in parts]),
+        charges=torch.cat([p.charges.cpu() for p in parts]),
+        batch=torch.cat([p.batch.cpu() + o for p, o in zip(parts, offsets, strict=True)]),
+        num_graphs=sum(p.num_graphs for p in parts),
+    )
