@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from moldiff.constants import QM9_TARGETS
 from moldiff.sampling.priors import PropertyDistribution
 from moldiff.types import DatasetStats
 
@@ -55,12 +56,12 @@ class PropertySpec:
 PROPERTIES: dict[str, PropertySpec] = {
     p.name: p
     for p in (
-        PropertySpec("alpha", "Bohr^3", "isotropic polarisability"),
-        PropertySpec("gap", "meV", "HOMO-LUMO gap"),
-        PropertySpec("homo", "meV", "HOMO energy"),
-        PropertySpec("lumo", "meV", "LUMO energy"),
-        PropertySpec("mu", "D", "dipole moment"),
-        PropertySpec("Cv", "cal/(mol K)", "heat capacity at 298 K minus 2.981 N_atoms"),
+        PropertySpec("alpha", QM9_TARGETS["alpha"], "isotropic polarisability"),  # units: one table,
+        PropertySpec("gap", QM9_TARGETS["gap"], "HOMO-LUMO gap"),  # moldiff.constants.QM9_TARGETS
+        PropertySpec("homo", QM9_TARGETS["homo"], "HOMO energy"),
+        PropertySpec("lumo", QM9_TARGETS["lumo"], "LUMO energy"),
+        PropertySpec("mu", QM9_TARGETS["mu"], "dipole moment"),
+        PropertySpec("Cv", QM9_TARGETS["Cv"], "heat capacity at 298 K minus 2.981 N_atoms"),
     )
 }
 PROPERTY_NAMES: tuple[str, ...] = tuple(PROPERTIES)

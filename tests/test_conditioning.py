@@ -322,3 +322,14 @@ def test_shipped_alpha_model_at_fixed_size_follows_the_target(num_atoms, margin)
         assert all(len(s) == num_atoms for s, _ in mols)
         rg[alpha] = sorted(_radius_of_gyration(p) for _, p in mols)[len(mols) // 2]
     assert rg[88.0] > rg[62.0] + margin, rg
+
+
+def test_one_property_registry_with_units():
+    """Conditioning's registry, the constants table and the QM9 dataset agree on every unit."""
+    from moldiff.conditioning import PROPERTIES
+    from moldiff.constants import QM9_TARGETS
+    from moldiff.data.qm9 import QM9_PROPERTY_UNITS
+
+    assert list(PROPERTIES) == list(QM9_TARGETS)
+    for name, spec in PROPERTIES.items():
+        assert spec.unit == QM9_TARGETS[name] == QM9_PROPERTY_UNITS[name]

@@ -55,11 +55,16 @@ class Shard:
 
 
 def resolve_device(device: str, shard: Shard | None = None) -> torch.device:
-    """``cpu`` / ``cuda`` / ``cuda:N`` as a device; under ``torchrun`` plain ``cuda`` means ``cuda:LOCAL_RANK``.
+    """``cpu`` / ``cuda`` / ``cuda:N`` / ``auto`` as a device: the one resolver of sampling and training alike.
+
+    ``auto`` is CUDA when available, else the CPU; under ``torchrun`` (``shard``) plain ``cuda``
+    means ``cuda:LOCAL_RANK``.
 
     Raises:
         ValueError: unknown device, or CUDA requested where none is available.
     """
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         dev = torch.device(device)
     except RuntimeError:

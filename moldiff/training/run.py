@@ -18,21 +18,11 @@ from moldiff.data.loader import MolLoader
 from moldiff.data.splits import get_split
 from moldiff.data.statistics import n_atoms_histogram, property_mean_mad
 from moldiff.models import build_model
+from moldiff.sampling.sharding import Shard, resolve_device
 from moldiff.training.trainer import Trainer, TrainState
 from moldiff.types import DatasetStats
 
 _SPLIT_NAMES = {"train": "train", "first_half": "first_half", "second_half": "second_half"}
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU raises ``ValueError``."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but no CUDA device is available")
-    if name == "cuda" and dist.is_initialized():
-        name = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-    return torch.device(name)
 
 
 def _maybe_init_distributed() -> None:
@@ -77,7 +67,7 @@ def run_training(
     if tc.num_threads:
         torch.set_num_threads(tc.num_threads)
     torch.manual_seed(tc.seed)
-    device = resolve_device(tc.device)
+    device = resolve_device(tc.device, Shard.from_env())  # torchrun: cuda -> cuda:LOCAL_RANK
     arrays = load_dataset(dc.dataset)
     split = _SPLIT_NAMES[dc.split]
     rows = get_split(split, dc.dataset)

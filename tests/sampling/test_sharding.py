@@ -91,3 +91,11 @@ def test_cli_device_and_flag_errors(tiny_model: Path, tmp_path: Path, capsys) ->
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
         assert not out.exists()
+
+
+def test_one_resolve_device_for_training_and_sampling() -> None:
+    import moldiff.training.run as run
+
+    assert run.resolve_device is resolve_device  # training uses the sampling resolver, no copy
+    if not torch.cuda.is_available():
+        assert resolve_device("auto") == torch.device("cpu")
