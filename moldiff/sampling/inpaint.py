@@ -25,8 +25,14 @@ is written in the fragment's own frame.
 Only public methods of :class:`~moldiff.diffusion.process.EquivariantDiffusion` are used
 (``normalize``, ``q_sample``, ``sample_noise``, ``denoise``, ``p_zs_given_zt``,
 ``sample_p_xh_given_z0``) together with the solvers of :mod:`moldiff.sampling.solvers`, so new
-noise parameterizations (which keep :meth:`denoise` returning a noise prediction) work unchanged.
-Processes with categorical atom types (``type_process``) are refused for now.
+noise parameterizations (which keep :meth:`denoise` returning a noise prediction, e.g. ``x0``) work
+unchanged. Processes with categorical atom types (``type_process``) are handled as the sampler
+handles them: the state's ``h`` holds the current one-hot types, every free atom's type at the next
+grid point is drawn from the network's clean-type logits (``reverse_types``), and the fixed atoms'
+types are replaced by a draw of the categorical forward process ``q(x_s | x_F)`` at the current
+level (``q(x_s | x_t, x_F)`` with ``known_noise="bridge"``; resampling re-noises every type with
+``q(x_t | x_s)``). Self-conditioned denoisers get their previous clean estimate fed back, as in the
+sampler (the network's own estimate, also for the fixed atoms: that is what it was trained with).
 
 Samplers: ``ancestral`` (with resampling), and the solvers ``ddim``, ``dpm2``, ``dpm2sde``. With
 ``R = 1`` a solver runs its full multistep scheme over the grid with the replacement applied after
@@ -223,9 +229,39 @@ def _inpaint_batch(
     fb, fb_cpu = lay.frag_batch, lay.frag_batch.cpu()
     stochastic = method in ("ancestral", "dpm2sde") or resample > 1
     known: dict = {}  # the fragment's noisy state in its own CoM frame: {"k": grid index, "z": (pos, h)}
+    # Categorical atom types (``type_process``): as in the sampler, the state's ``h`` holds the current
+    # one-hot types / norm_h (the network's type input); the network's feature output is the clean-type
+    # logits, from which every free atom's type at the next grid point is drawn (``reverse_types``).
+    # The fixed atoms' types enter every step as a draw of the categorical forward process
+    # ``q(x_s | x_F)`` at the current level (not as clean labels): the denoiser was only trained on
+    # inputs whose every type is a q-sample at the positions' noise level, and clean labels at high t
+    # would be a joint input it never saw (a whole fragment with all labels kept has probability
+    # prod(abar_t + (1 - abar_t) m_k) under q). This is RePaint's rule, applied to both channels alike;
+    # the output gets the exact labels at t = 0 anyway.
+    tp = proc.type_process
+    categorical = tp is not None
+    norm_h = proc.norm_values[1]
+    K = proc.num_classes
+    frag_onehot = torch.nn.functional.one_hot(lay.frag_types, K).to(torch.float64)
+    drawn: dict = {}  # categorical: the types drawn for grid point "k" by the last network call: {"k", "h"}
+    self_cond: list = [None]  # a self-conditioned denoiser reads its previous clean estimate (as the sampler)
 
     def gam(k: int) -> torch.Tensor:
         return gammas[k].to(device=device, dtype=dtype).expand(B)
+
+    def time_k(k: int) -> float:
+        return int(grid[k]) / T
+
+    def onehot(idx: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.one_hot(idx, K).to(dtype) / norm_h
+
+    def known_types(k_to: int, kh_prev: torch.Tensor | None, k_from: int | None) -> torch.Tensor:
+        """Categorical: the fragment's noisy types at ``k_to`` (fresh ``q(x_s | x_F)``, or the bridge posterior)."""
+        if kh_prev is None:
+            probs = tp.q_probs(frag_onehot, time_k(k_to))
+        else:  # q(x_s | x_t, x_F): the categorical forward posterior given the true labels
+            probs = tp.posterior_probs(kh_prev.to(torch.float64) * norm_h, frag_onehot, time_k(k_from), time_k(k_to))
+        return onehot(tp.sample_categorical(probs, gen))
 
     def advance_known(k_to: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The fragment's noisy state at grid point ``k_to`` (see ``known_noise`` in :func:`inpaint`)."""
@@ -244,7 +280,11 @@ def _inpaint_batch(
                 z_k = proc.p_zs_given_zt(kp, kh, t, s, fb, B, noise=(eps_pos, eps_h), eps=oracle)
             else:  # deterministic samplers: the same noise at every level (the DDIM path of x_F)
                 z_k = proc.q_sample(lay.x_F, lay.h_F, gam(k_to), fb, oracle[0], oracle[1])
-        known["k"], known["z"] = k_to, (remove_mean(z_k[0], fb, B), z_k[1])
+        z_h = z_k[1]
+        if categorical:  # the type channel is discrete: q(x_s | x_F) (fresh) or q(x_s | x_t, x_F) (bridge)
+            bridge = known_noise == "bridge" and bool(known)
+            z_h = known_types(k_to, known["z"][1] if bridge else None, known["k"] if bridge else None)
+        known["k"], known["z"] = k_to, (remove_mean(z_k[0], fb, B), z_h)
         return known["z"]
 
     def replace(z: tuple[torch.Tensor, ...], k_to: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -252,6 +292,10 @@ def _inpaint_batch(
         kp, kh = advance_known(k_to)
         com_rev = scatter_mean(z[0][fidx], fb, B)
         z_pos, z_h = z[0].clone(), z[1].clone()
+        if categorical:  # free atoms: the types drawn from the network's logits for this grid point
+            if drawn.get("k") != k_to:
+                raise RuntimeError(f"inpainting: no types drawn for grid point {k_to} (solver call order)")
+            z_h = drawn["h"].clone()
         z_pos[fidx] = kp + com_rev[fb]  # kp has zero CoM over the fragment
         z_h[fidx] = kh
         return remove_mean(z_pos, batch, B), z_h
@@ -262,6 +306,9 @@ def _inpaint_batch(
         e_pos, e_h = noise_all()
         z_pos, z_h = proc.q_sample(z[0], z[1], g, batch, e_pos, e_h)
         z_pos = remove_mean(z_pos, batch, B)
+        if categorical:  # the categorical forward transition q(x_t | x_s) for every atom's type
+            probs = tp.transition_probs(z[1].to(torch.float64) * norm_h, time_k(k_end), time_k(k))
+            z_h = onehot(tp.sample_categorical(probs, gen))
         known["k"], known["z"] = k, (remove_mean(z_pos[fidx], fb, B), z_h[fidx])
         return z_pos, z_h
 
@@ -276,11 +323,25 @@ def _inpaint_batch(
                      noise_fn=lambda j: noise_all(), project=lambda zz: replace(zz, k + 1))
 
     def eps_at(z: tuple[torch.Tensor, ...], k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        t = torch.full((B,), int(grid[k]) / T, dtype=dtype, device=device)
-        return proc.denoise(z[0], z[1], t, batch, context)
+        """Noise prediction at grid point ``k``; categorical: also draws the types for ``k + 1``."""
+        t = torch.full((B,), time_k(k), dtype=dtype, device=device)
+        if proc.self_conditioning:  # the previous clean estimate is fed back, as in the sampler
+            eps = proc.denoise(z[0], z[1], t, batch, context, self_cond=self_cond[0])
+            self_cond[0] = proc.x0_from_eps(z[0], z[1], eps, t, batch)
+        else:
+            eps = proc.denoise(z[0], z[1], t, batch, context)
+        if not categorical:
+            return eps
+        if k < steps:  # x_s ~ p(x_s | x_t) from the clean-type logits (every atom; fixed ones replaced)
+            s = torch.full((B,), time_k(k + 1), dtype=dtype, device=device)
+            drawn["k"], drawn["h"] = k + 1, proc.reverse_types(z[1] * norm_h, eps[1], t, s, batch, gen) / norm_h
+        return eps[0], torch.zeros_like(z[1])
 
-    z = replace(noise_all(), 0)
     steps = len(grid) - 1
+    z0 = noise_all()
+    if categorical:  # x_T from the categorical prior, as the sampler starts
+        drawn["k"], drawn["h"] = 0, tp.prior_sample(batch.shape[0], generator=gen, dtype=dtype).to(device) / norm_h
+    z = replace(z0, 0)
     if method != "ancestral" and resample == 1:  # (jump plays no role without resampling)
         # the solver's own multistep scheme over the whole grid; ``project`` runs once after every step
         done = [0]
@@ -360,7 +421,8 @@ def inpaint(
     """Generate molecules around fixed fragments (one molecule per entry of ``num_atoms``).
 
     Args:
-        process: the trained diffusion process (Gaussian atom types).
+        process: the trained diffusion process (Gaussian or categorical atom types, any
+            parameterization, self-conditioned or not).
         fragments: one :class:`Fragment` used for every molecule, or one per molecule.
         num_atoms: ``[B]`` total atom counts (fragment included), each larger than its fragment.
         steps: denoising steps (default ``T``); with ``resample = R`` the network runs about
@@ -390,8 +452,6 @@ def inpaint(
     """
     if method not in SAMPLERS:
         raise ValueError(f"unknown sampler {method!r}; allowed: {list(SAMPLERS)}")
-    if getattr(process, "type_process", None) is not None:
-        raise ValueError("inpainting supports models with Gaussian atom types only (categorical types: not yet)")
     if int(resample) < 1:
         raise ValueError(f"resample must be >= 1, got {resample}")
     if int(jump) < 1:

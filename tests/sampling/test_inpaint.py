@@ -142,3 +142,96 @@ def test_bad_fragments():
         Fragment(pos=torch.tensor([[0.0, float("nan"), 0.0]]), types=torch.tensor([1]), charges=torch.tensor([6.0]))
     with pytest.raises(ValueError, match="same atoms"):
         Fragment(pos=torch.zeros(2, 3), types=torch.tensor([1]), charges=torch.tensor([6.0]))
+
+
+# ---------------------------------------------------------------- every process the package builds
+_BUILT = {
+    "categorical-x0-selfcond": {"diffusion": {"parameterization": "x0", "loss_weighting": "snr_clamp",
+                                              "atom_types": "categorical", "include_charges": False},
+                                "model": {"self_condition": True, "hidden_nf": 16, "n_layers": 1}},
+    "categorical-eps": {"diffusion": {"atom_types": "categorical", "include_charges": False},
+                        "model": {"hidden_nf": 16, "n_layers": 1}},
+    "gaussian-x0-selfcond": {"diffusion": {"parameterization": "x0", "loss_weighting": "snr_clamp"},
+                             "model": {"self_condition": True, "hidden_nf": 16, "n_layers": 1}},
+}
+
+
+def _built_process(name):
+    from moldiff.config import ExperimentConfig
+    from moldiff.models import build_model
+
+    proc = build_model(ExperimentConfig.from_dict(_BUILT[name]), 5, type_prior=torch.tensor([4.0, 3.0, 1.0, 1.0, 1.0]))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # random weights everywhere (zero-initialised output layers would hide the network)
+        for p in proc.denoiser.parameters():
+            p.add_(0.2 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return proc.eval()
+
+
+@pytest.mark.parametrize("name", list(_BUILT))
+@pytest.mark.parametrize("method", SAMPLERS)
+@pytest.mark.parametrize("resample, known_noise", [(1, "fresh"), (2, "fresh"), (2, "bridge")])
+def test_fragment_kept_exactly_built_models(name, method, resample, known_noise):
+    """Categorical types, x0 parameterization and self-conditioning: every sampler, with resampling."""
+    proc = _built_process(name)
+    assert proc.categorical_types == name.startswith("categorical")
+    assert proc.self_conditioning == name.endswith("selfcond")
+    frag = _fragment()
+    out = inpaint(proc, frag, [6, 9, 5], steps=4, method=method, resample=resample, seed=1, known_noise=known_noise)
+    assert out.num_graphs == 3
+    for types, pos in out.split():
+        assert torch.equal(pos[:4], frag.pos) and torch.equal(types[:4], frag.types)
+        assert torch.isfinite(pos).all() and int(types.min()) >= 0 and int(types.max()) < 5
+    again = inpaint(proc, frag, [6, 9, 5], steps=4, method=method, resample=resample, seed=1,
+                    known_noise=known_noise)
+    assert torch.equal(out.pos, again.pos) and torch.equal(out.types, again.types)
+
+
+class _TypeSpy(nn.Module):
+    """Categorical-type denoiser: positions shrink (x0 = pos / 2), logits always favour class ``FAVOURED``.
+
+    Records the (one-hot / norm) type input and the self-conditioning estimate of every call.
+    """
+
+    FAVOURED = 3
+
+    def __init__(self, k=5):
+        super().__init__()
+        self.k = k
+        self.self_condition = True
+        self.dummy = nn.Parameter(torch.zeros(1))
+        self.calls = []
+
+    def forward(self, pos, h, t, batch, context=None, self_cond=None):
+        self.calls.append((h.clone(), t.clone(), self_cond))
+        logits = torch.full((pos.shape[0], self.k), -30.0, dtype=pos.dtype)
+        logits[:, self.FAVOURED] = 30.0
+        return 0.5 * pos, logits
+
+
+@pytest.mark.parametrize("method", SAMPLERS)
+def test_categorical_types_drawn_from_logits_fixed_ones_noised(method):
+    from moldiff.diffusion.categorical import CategoricalDiffusion
+
+    sched = NoiseSchedule("polynomial_2", 100)
+    spy = _TypeSpy()
+    proc = EquivariantDiffusion(spy, sched, 5, include_charges=False, parameterization="x0",
+                                type_process=CategoricalDiffusion(5, sched))
+    frag = Fragment(pos=torch.randn(4, 3, dtype=torch.float64), types=torch.tensor([0, 1, 2, 4]),
+                    charges=torch.tensor([1.0, 6.0, 7.0, 9.0]))
+    out = inpaint(proc, frag, [7] * 20, steps=5, method=method, resample=2, seed=0)
+    fixed, free = out.fixed, ~out.fixed
+    assert torch.equal(out.types[fixed].view(20, 4), frag.types.expand(20, 4))
+    assert bool((out.types[free] == _TypeSpy.FAVOURED).all())  # drawn from the network's logits
+    norm_h = proc.norm_values[1]
+    first_h, _, first_sc = spy.calls[0]
+    last_h, last_t, last_sc = spy.calls[-1]
+    onehot = torch.nn.functional.one_hot(frag.types, 5).to(first_h.dtype).repeat(20, 1)
+    # the network always reads one-hot types; the fixed atoms' are q-samples: noised at t = T, clean at t = 0
+    for h, _, _ in spy.calls:
+        assert torch.equal((h * norm_h).sum(1), torch.ones(h.shape[0], dtype=h.dtype))
+    assert not torch.equal(first_h[fixed] * norm_h, onehot)
+    assert float(last_t.max()) == 0.0 and torch.equal(last_h[fixed] * norm_h, onehot)
+    assert bool((last_h[free] * norm_h)[:, _TypeSpy.FAVOURED].all())
+    # self-conditioning: the previous clean estimate is fed back after the first call
+    assert first_sc is None and last_sc is not None and last_sc[0].shape == (out.pos.shape[0], 3)
