@@ -184,7 +184,7 @@ def random_batch(batch_size: int, seed: int, device: str) -> MolBatch:
     batch = torch.repeat_interleave(torch.arange(batch_size), counts)
     pos = torch.randn(n, 3, generator=g) * 1.5
     mb = MolBatch(pos=pos, one_hot=torch.nn.functional.one_hot(types, 5).float(),
-                  charges=ATOMIC_NUMBERS[types].float().unsqueeze(1), batch=batch, num_graphs=batch_size)
+                  atomic_numbers=ATOMIC_NUMBERS[types].float().unsqueeze(1), batch=batch, num_graphs=batch_size)
     return mb.to(device)
 
 

@@ -16,6 +16,8 @@ _LAZY = {
     "Sampler": "moldiff.sampling.sampler",
     "NodeCountDistribution": "moldiff.sampling.priors",
     "MolBatch": "moldiff.types",
+    "Molecule": "moldiff.io",
+    "SamplingConfig": "moldiff.sampling.config",
     "ExperimentConfig": "moldiff.config",
     "MolDiff": "moldiff.pipeline",
     "load_model": "moldiff.pipeline",

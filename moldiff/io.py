@@ -1,6 +1,6 @@
 """Reading and writing molecule files: multi-frame XYZ and SDF.
 
-Readers return :class:`MoleculeRecord` objects. With ``strict=True`` the first malformed record
+Readers return :class:`Molecule` records. With ``strict=True`` the first malformed record
 raises ``ValueError("<file>: record <k>: <problem>")``; with ``strict=False`` it is returned with
 ``error`` set and reading goes on. Writers are atomic: they write a temporary file in the target
 directory and ``os.replace`` it, so an error never leaves a partial file behind.
@@ -30,21 +30,26 @@ _FIELD_RE = re.compile(r"^>.*?<([^>]+)>")
 
 
 @dataclass
-class MoleculeRecord:
-    """One molecule read from a file.
+class Molecule:
+    """One molecule: the package's record type for molecules outside a model (files, evaluation, imports).
+
+    Readers return it, :func:`write_xyz` and :func:`bonded_mol` write it, :mod:`moldiff.evaluation`
+    normalises every accepted input to it and dataset imports read it (``docs/architecture.md``,
+    "Molecule shapes"). Bonds and formal charges are optional: XYZ files have neither.
 
     Attributes:
         name: title / comment line (may be empty).
-        symbols: ``n`` element symbols.
+        symbols: ``n`` element symbols (a tuple once :mod:`moldiff.evaluation` has normalised it).
         pos: ``[n, 3]`` float64 positions in Å.
-        bonds: ``(i, j, order)`` triples from SDF (order 1, 2, 3 or 1.5 for aromatic); ``None`` for XYZ.
+        bonds: ``(i, j, order)`` triples, 0-based atom indices, from SDF (order 1, 2, 3 or 1.5 for
+            aromatic); ``None`` when the source has no bonds (XYZ, sampled molecules).
         properties: numeric SDF data fields (``> <name>``) of this record.
-        error: why the record is malformed (only with ``strict=False``); ``None`` if it is fine.
+        error: why the record is malformed (lenient reading, evaluation input); ``None`` if it is fine.
         formal_charges: ``n`` integer formal charges from SDF; ``None`` for XYZ.
     """
 
     name: str
-    symbols: list[str]
+    symbols: Sequence[str]
     pos: np.ndarray
     bonds: list[tuple[int, int, float]] | None = None
     properties: dict[str, float] = field(default_factory=dict)
@@ -55,6 +60,15 @@ class MoleculeRecord:
     def num_atoms(self) -> int:
         """Number of atoms ``n``."""
         return len(self.symbols)
+
+    @property
+    def n_atoms(self) -> int:
+        """Number of atoms ``n`` (the name :mod:`moldiff.evaluation` uses)."""
+        return len(self.symbols)
+
+
+#: The former name of :class:`Molecule` (the same class).
+MoleculeRecord = Molecule
 
 
 @contextlib.contextmanager
@@ -94,7 +108,7 @@ def atomic_write(path: str | Path, mode: str = "w", encoding: str | None = "utf-
 
 
 # ============================================================================ reading
-def read_molecules(path: str | Path, strict: bool = True) -> list[MoleculeRecord]:
+def read_molecules(path: str | Path, strict: bool = True) -> list[Molecule]:
     """Read every molecule of a multi-frame ``.xyz`` or an ``.sdf`` file.
 
     Args:
@@ -152,7 +166,7 @@ def _parse_count(line: str) -> int | None:
     return None
 
 
-def read_xyz(path: str | Path, strict: bool = True) -> list[MoleculeRecord]:
+def read_xyz(path: str | Path, strict: bool = True) -> list[Molecule]:
     """Read a (multi-frame) XYZ file: ``n`` / comment / ``n`` lines ``Sym x y z [...]`` per frame.
 
     Symbols may also be atomic numbers; QM9's ``*^`` exponent notation is accepted. See
@@ -160,7 +174,7 @@ def read_xyz(path: str | Path, strict: bool = True) -> list[MoleculeRecord]:
     """
     path = Path(path)
     lines = _read_text(path)
-    records: list[MoleculeRecord] = []
+    records: list[Molecule] = []
     i, k = 0, 0
     while i < len(lines):
         if not lines[i].strip():  # blank lines between/after frames
@@ -173,11 +187,11 @@ def read_xyz(path: str | Path, strict: bool = True) -> list[MoleculeRecord]:
             if n is None:
                 raise ValueError(f"line {i + 1}: expected the atom count, got {lines[i].strip()[:40]!r}")
             symbols, pos, i = _parse_xyz_atoms(lines, i + 2, n)
-            records.append(MoleculeRecord(name=name, symbols=symbols, pos=pos))
+            records.append(Molecule(name=name, symbols=symbols, pos=pos))
         except ValueError as exc:
             if strict:
                 raise ValueError(f"{path}: record {k}: {exc}") from None
-            records.append(MoleculeRecord(name=name, symbols=[], pos=np.zeros((0, 3)), error=str(exc)))
+            records.append(Molecule(name=name, symbols=[], pos=np.zeros((0, 3)), error=str(exc)))
             i = _next_header(lines, i + 2)
     return records
 
@@ -215,10 +229,10 @@ def _next_header(lines: list[str], i: int) -> int:
     return i
 
 
-def read_sdf(path: str | Path, strict: bool = True) -> list[MoleculeRecord]:
+def read_sdf(path: str | Path, strict: bool = True) -> list[Molecule]:
     """Read an SDF with RDKit (``sanitize=False``, ``removeHs=False``); keeps the 3D conformer and bonds.
 
-    Numeric ``> <field>`` data become :attr:`MoleculeRecord.properties`. See :func:`read_molecules`
+    Numeric ``> <field>`` data become :attr:`Molecule.properties`. See :func:`read_molecules`
     for ``strict`` and the errors raised.
     """
     from rdkit import Chem, RDLogger
@@ -228,7 +242,7 @@ def read_sdf(path: str | Path, strict: bool = True) -> list[MoleculeRecord]:
     if text.strip() and "M  END" not in text:
         raise ValueError(f"{path}: not an SDF file (no 'M  END' line)")
     blocks = [b for b in re.split(r"^\$\$\$\$[ \t]*\n?", text, flags=re.M) if b.strip()]
-    records: list[MoleculeRecord] = []
+    records: list[Molecule] = []
     RDLogger.DisableLog("rdApp.*")
     try:
         for k, block in enumerate(blocks, start=1):
@@ -238,13 +252,13 @@ def read_sdf(path: str | Path, strict: bool = True) -> list[MoleculeRecord]:
             except ValueError as exc:
                 if strict:
                     raise ValueError(f"{path}: record {k}: {exc}") from None
-                records.append(MoleculeRecord(name=name, symbols=[], pos=np.zeros((0, 3)), error=str(exc)))
+                records.append(Molecule(name=name, symbols=[], pos=np.zeros((0, 3)), error=str(exc)))
     finally:
         RDLogger.EnableLog("rdApp.*")
     return records
 
 
-def _sdf_record(chem: Any, block: str, name: str) -> MoleculeRecord:
+def _sdf_record(chem: Any, block: str, name: str) -> Molecule:
     if "M  END" not in block:
         raise ValueError("truncated record (no 'M  END' line)")
     mol = chem.MolFromMolBlock(block, sanitize=False, removeHs=False, strictParsing=True)
@@ -257,7 +271,7 @@ def _sdf_record(chem: Any, block: str, name: str) -> MoleculeRecord:
     pos = np.asarray(mol.GetConformer().GetPositions(), dtype=np.float64).reshape(-1, 3)
     _check_positions(pos)
     bonds = [(b.GetBeginAtomIdx(), b.GetEndAtomIdx(), float(b.GetBondTypeAsDouble())) for b in mol.GetBonds()]
-    return MoleculeRecord(name=name, symbols=symbols, pos=pos, bonds=bonds, properties=_sdf_fields(block),
+    return Molecule(name=name, symbols=symbols, pos=pos, bonds=bonds, properties=_sdf_fields(block),
                           formal_charges=[a.GetFormalCharge() for a in mol.GetAtoms()])
 
 
@@ -306,11 +320,11 @@ def _sdf_fields(block: str) -> dict[str, float]:
 
 
 # ============================================================================ writing
-MoleculeLike = MoleculeRecord | tuple[Sequence[str], np.ndarray] | tuple[Sequence[str], np.ndarray, str]
+MoleculeLike = Molecule | tuple[Sequence[str], np.ndarray] | tuple[Sequence[str], np.ndarray, str]
 
 
 def _as_triplet(mol: MoleculeLike, k: int) -> tuple[list[str], np.ndarray, str]:
-    if isinstance(mol, MoleculeRecord):
+    if isinstance(mol, Molecule):
         if mol.error is not None:
             raise ValueError(f"molecule {k}: cannot write a malformed record ({mol.error})")
         symbols, pos, name = mol.symbols, mol.pos, mol.name
@@ -342,7 +356,7 @@ def molecule_writer(path: str | Path, fmt: str) -> Iterator[Callable[[Iterable[A
 
     Args:
         path: output file.
-        fmt: ``"xyz"`` (molecules as :class:`MoleculeRecord` or ``(symbols, pos[, name])`` tuples) or
+        fmt: ``"xyz"`` (molecules as :class:`Molecule` or ``(symbols, pos[, name])`` tuples) or
             ``"sdf"`` (RDKit ``Mol`` objects with a conformer).
 
     >>> import tempfile, pathlib
@@ -434,7 +448,7 @@ def write_xyz(path: str | Path, molecules: Iterable[MoleculeLike]) -> None:
 
     Args:
         path: output file.
-        molecules: :class:`MoleculeRecord` objects or ``(symbols, pos [n, 3])`` /
+        molecules: :class:`Molecule` records or ``(symbols, pos [n, 3])`` /
             ``(symbols, pos, name)`` tuples.
 
     Raises:

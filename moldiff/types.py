@@ -13,14 +13,16 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 
-@dataclass
+@dataclass(init=False)
 class MolBatch:
     """A batch of molecules.
 
     Attributes:
         pos: ``[N, 3]`` positions in Å.
         one_hot: ``[N, K]`` one-hot atom types over the model's element vocabulary.
-        charges: ``[N, 1]`` atomic numbers (EDM's "charges" channel), float.
+        atomic_numbers: ``[N, 1]`` atomic numbers, float (``[N, 0]`` when the model has no such
+            channel). EDM calls this channel "charges" (its ``include_charges``); :attr:`charges` and
+            the ``charges=`` keyword are kept as aliases of it. Formal charges are :attr:`formal_charge`.
         batch: ``[N]`` long, molecule index of each atom (sorted, 0..B-1).
         num_graphs: ``B``.
         context: ``[B, C]`` conditioning properties (already normalised) or ``None``.
@@ -33,13 +35,46 @@ class MolBatch:
 
     pos: torch.Tensor
     one_hot: torch.Tensor
-    charges: torch.Tensor
+    atomic_numbers: torch.Tensor
     batch: torch.Tensor
     num_graphs: int
     context: torch.Tensor | None = None
     bond_index: torch.Tensor | None = None
     bond_type: torch.Tensor | None = None
     formal_charge: torch.Tensor | None = None
+
+    def __init__(
+        self,
+        pos: torch.Tensor,
+        one_hot: torch.Tensor,
+        atomic_numbers: torch.Tensor | None = None,
+        batch: torch.Tensor | None = None,
+        num_graphs: int | None = None,
+        context: torch.Tensor | None = None,
+        bond_index: torch.Tensor | None = None,
+        bond_type: torch.Tensor | None = None,
+        formal_charge: torch.Tensor | None = None,
+        *,
+        charges: torch.Tensor | None = None,
+    ) -> None:
+        if charges is not None:
+            if atomic_numbers is not None:
+                raise TypeError("MolBatch: pass atomic_numbers or its EDM name charges, not both")
+            atomic_numbers = charges
+        if atomic_numbers is None or batch is None or num_graphs is None:
+            raise TypeError("MolBatch needs pos, one_hot, atomic_numbers, batch and num_graphs")
+        self.pos, self.one_hot, self.atomic_numbers, self.batch = pos, one_hot, atomic_numbers, batch
+        self.num_graphs, self.context = num_graphs, context
+        self.bond_index, self.bond_type, self.formal_charge = bond_index, bond_type, formal_charge
+
+    @property
+    def charges(self) -> torch.Tensor:
+        """EDM's name of :attr:`atomic_numbers` (the channel holds atomic numbers, not formal charges)."""
+        return self.atomic_numbers
+
+    @charges.setter
+    def charges(self, value: torch.Tensor) -> None:
+        self.atomic_numbers = value
 
     def to(self, device: torch.device | str) -> MolBatch:
         """Return a copy on ``device``."""
@@ -48,7 +83,7 @@ class MolBatch:
             self,
             pos=self.pos.to(device),
             one_hot=self.one_hot.to(device),
-            charges=self.charges.to(device),
+            atomic_numbers=self.atomic_numbers.to(device),
             batch=self.batch.to(device),
             context=ctx,
             **{k: getattr(self, k).to(device) for k in ("bond_index", "bond_type", "formal_charge")

@@ -131,7 +131,7 @@ def make_mol_batch(
     mol = MolBatch(
         pos=pos.to(dtype),
         one_hot=one_hot.to(dtype),
-        charges=charges.to(dtype),
+        atomic_numbers=charges.to(dtype),
         batch=batch,
         num_graphs=len(counts),
         context=None if context is None else context.to(dtype),

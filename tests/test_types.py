@@ -5,10 +5,11 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+import torch
 
 from moldiff.checkpoint import load_checkpoint
 from moldiff.pipeline import PRETRAINED_DIR, load_model, shipped_models
-from moldiff.types import DatasetStats
+from moldiff.types import DatasetStats, MolBatch
 
 
 @pytest.mark.parametrize("name", shipped_models())
@@ -53,3 +54,22 @@ def test_stats_survive_weights_only_save(tmp_path):
                          conditioning=("alpha",), property_norms={"alpha": (75.0, 6.0)})
     save_checkpoint(tmp_path / "c.pt", {"config": {}, "stats": stats.to_dict(), "model": {}, "ema": {}})
     assert DatasetStats.from_dict(load_checkpoint(tmp_path / "c.pt")["stats"]) == stats
+
+
+def test_molbatch_atomic_numbers_and_its_edm_alias():
+    """The channel EDM calls "charges" is named for what it holds; ``charges`` stays an alias."""
+    z = torch.tensor([[6.0], [1.0]])
+    kw = dict(pos=torch.zeros(2, 3), one_hot=torch.eye(2), batch=torch.zeros(2, dtype=torch.long), num_graphs=1)
+    new, old = MolBatch(atomic_numbers=z, **kw), MolBatch(charges=z, **kw)
+    assert new.atomic_numbers is z and new.charges is z and old.atomic_numbers is z
+    positional = MolBatch(kw["pos"], kw["one_hot"], z, kw["batch"], 1)
+    assert positional.atomic_numbers is z and positional.formal_charge is None
+    assert [f.name for f in dataclasses.fields(MolBatch)][:5] == ["pos", "one_hot", "atomic_numbers", "batch",
+                                                                   "num_graphs"]
+    moved = new.to("cpu")
+    assert torch.equal(moved.atomic_numbers, z) and moved.num_graphs == 1
+    assert dataclasses.replace(new, atomic_numbers=z[:, :0]).charges.shape == (2, 0)
+    with pytest.raises(TypeError, match="not both"):
+        MolBatch(atomic_numbers=z, charges=z, **kw)
+    with pytest.raises(TypeError, match="needs"):
+        MolBatch(pos=kw["pos"], one_hot=kw["one_hot"], batch=kw["batch"], num_graphs=1)

@@ -33,7 +33,7 @@ class MolLoader:
         context_norms: ``{key: (mean, MAD)}``; context is ``(c − mean) / MAD``. Required for every
             key of ``context_keys``.
         remove_h: drop hydrogens (and ``"H"`` from the one-hot vocabulary), then centre.
-        dtype: float dtype of ``pos``, ``one_hot``, ``charges`` and ``context``.
+        dtype: float dtype of ``pos``, ``one_hot``, ``atomic_numbers`` and ``context``.
 
     Example:
         >>> arrays = MoleculeArrays.from_molecules([(["C", "H"], np.eye(3)[:2]), (["O"], np.ones((1, 3)))])
@@ -78,7 +78,7 @@ class MolLoader:
         self.context_keys, self.dtype = context_keys, dtype
         self.elements = self.arrays.elements
         self._type_index = self.arrays.type_index
-        self._charges = self.arrays.atomic_numbers.astype(np.float32)
+        self._z = self.arrays.atomic_numbers.astype(np.float32)
         self._n_atoms = self.arrays.n_atoms
         if context_keys:
             ctx = np.stack([(arrays.properties[k] - norms[k][0]) / norms[k][1] for k in context_keys], axis=1)
@@ -132,7 +132,7 @@ class MolLoader:
         one_hot = torch.nn.functional.one_hot(
             torch.from_numpy(self._type_index[atoms]), num_classes=len(self.elements)
         ).to(self.dtype)
-        charges = torch.from_numpy(self._charges[atoms]).to(self.dtype).unsqueeze(1)
+        z = torch.from_numpy(self._z[atoms]).to(self.dtype).unsqueeze(1)
         context = None if self._context is None else torch.from_numpy(self._context[rows]).to(self.dtype)
         arrays, chem = self.arrays, {}
         if arrays.bond_ptr is not None:
@@ -144,7 +144,7 @@ class MolLoader:
             chem["bond_type"] = torch.from_numpy(arrays.bond_type[sel].astype(np.int64))
         if arrays.formal_charge is not None:
             chem["formal_charge"] = torch.from_numpy(arrays.formal_charge[atoms].astype(np.int64))
-        return MolBatch(pos=pos, one_hot=one_hot, charges=charges, batch=batch, num_graphs=len(rows),
+        return MolBatch(pos=pos, one_hot=one_hot, atomic_numbers=z, batch=batch, num_graphs=len(rows),
                         context=context, **chem)
 
 

@@ -4,10 +4,12 @@ Every public entry point of :mod:`moldiff.evaluation` accepts any mix of
 
 * ``(symbols, pos)`` pairs (``pos`` in Å, shape ``[n, 3]``),
 * records with ``symbols``, ``pos`` and optional ``name`` / ``error`` attributes
-  (:class:`moldiff.io.MoleculeRecord`),
+  (:class:`moldiff.io.Molecule`, the package's one molecule record, which the readers return),
 * RDKit molecules with a conformer (atoms taken as they are: implicit hydrogens are not added).
 
-They are normalised to :class:`Molecule`. Malformed input (wrong atom count, non-numeric or
+They are normalised to :class:`moldiff.io.Molecule` (symbols as a tuple, ``pos`` float64 ``[n, 3]``,
+a name, and ``error``; bonds, formal charges and properties of a record are kept but not used: EDM's
+metrics infer bonds from distances). Malformed input (wrong atom count, non-numeric or
 non-finite coordinates, unknown element, no conformer) does not raise: the molecule carries an
 ``error`` string and is scored as unstable and invalid with that reason.
 
@@ -19,7 +21,7 @@ stereochemistry reaches the SMILES).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -27,6 +29,7 @@ from rdkit import Chem
 from rdkit.Geometry import Point3D
 
 from moldiff.evaluation.stability import ELEMENTS
+from moldiff.io import Molecule
 
 __all__ = ["Molecule", "to_molecule", "to_molecules", "build_edm_mol", "add_conformer", "BOND_TYPES"]
 
@@ -35,34 +38,12 @@ BOND_TYPES = (None, Chem.BondType.SINGLE, Chem.BondType.DOUBLE, Chem.BondType.TR
 _KNOWN = frozenset(ELEMENTS)
 
 
-@dataclass(frozen=True)
-class Molecule:
-    """A molecule as the evaluation sees it.
-
-    Attributes:
-        name: Identifier (input name, or the input position as a string).
-        symbols: Element symbols, length ``n``.
-        pos: Coordinates in Å, float64 ``[n, 3]`` (``[0, 3]`` when unreadable).
-        error: Why the molecule cannot be scored, or ``None``.
-    """
-
-    name: str
-    symbols: tuple[str, ...]
-    pos: np.ndarray
-    error: str | None = None
-
-    @property
-    def n_atoms(self) -> int:
-        """Number of atoms (symbols) in the record."""
-        return len(self.symbols)
-
-
 def _from_rdkit(mol: Chem.Mol, name: str) -> Molecule:
     symbols = tuple(a.GetSymbol() for a in mol.GetAtoms())
     if mol.HasProp("_Name") and mol.GetProp("_Name"):
         name = mol.GetProp("_Name")
     if mol.GetNumConformers() == 0:
-        return Molecule(name, symbols, np.zeros((0, 3)), "no conformer (3D coordinates) in RDKit molecule")
+        return Molecule(name, symbols, np.zeros((0, 3)), error="no conformer (3D coordinates) in RDKit molecule")
     return _validated(name, symbols, mol.GetConformer().GetPositions(), None)
 
 
@@ -74,26 +55,26 @@ def _validated(name: str, symbols: Sequence[Any], pos: Any, error: str | None) -
             arr = np.asarray(pos, dtype=np.float64)
         except (TypeError, ValueError):
             arr = np.zeros((0, 3))
-        return Molecule(name, symbols, arr if arr.ndim == 2 else np.zeros((0, 3)), str(error))
+        return Molecule(name, symbols, arr if arr.ndim == 2 else np.zeros((0, 3)), error=str(error))
     try:
         arr = np.asarray(pos, dtype=np.float64)
     except (TypeError, ValueError):
-        return Molecule(name, symbols, np.zeros((0, 3)), "non-numeric coordinate")
+        return Molecule(name, symbols, np.zeros((0, 3)), error="non-numeric coordinate")
     if arr.ndim != 2 or arr.shape[1] != 3:
         reason = f"coordinates must have shape (n, 3), got {arr.shape}"
-        return Molecule(name, symbols, np.zeros((0, 3)), reason)
+        return Molecule(name, symbols, np.zeros((0, 3)), error=reason)
     if arr.shape[0] != len(symbols):
         return Molecule(
-            name, symbols, arr, f"wrong atom count: {len(symbols)} symbols, {arr.shape[0]} positions"
+            name, symbols, arr, error=f"wrong atom count: {len(symbols)} symbols, {arr.shape[0]} positions"
         )
     if len(symbols) == 0:
-        return Molecule(name, symbols, arr, "empty molecule")
+        return Molecule(name, symbols, arr, error="empty molecule")
     unknown = sorted({s for s in symbols if s not in _KNOWN})
     if unknown:
-        return Molecule(name, symbols, arr, f"unknown element {', '.join(unknown)}")
+        return Molecule(name, symbols, arr, error=f"unknown element {', '.join(unknown)}")
     if not np.isfinite(arr).all():
-        return Molecule(name, symbols, arr, "non-finite coordinate (NaN or inf)")
-    return Molecule(name, symbols, arr, None)
+        return Molecule(name, symbols, arr, error="non-finite coordinate (NaN or inf)")
+    return Molecule(name, symbols, arr)
 
 
 def to_molecule(obj: Any, index: int = 0) -> Molecule:
@@ -112,8 +93,10 @@ def to_molecule(obj: Any, index: int = 0) -> Molecule:
     >>> to_molecule((["H", "Xx"], [[0, 0, 0], [0.74, 0, 0]])).error
     'unknown element Xx'
     """
-    if isinstance(obj, Molecule):
-        return obj
+    if isinstance(obj, Molecule):  # a record (read from a file, or already normalised): validate, keep the rest
+        name = obj.name or str(index)
+        norm = _validated(str(name), obj.symbols, obj.pos, obj.error)
+        return replace(obj, name=norm.name, symbols=norm.symbols, pos=norm.pos, error=norm.error)
     if isinstance(obj, Chem.Mol):
         return _from_rdkit(obj, str(index))
     if hasattr(obj, "symbols") and hasattr(obj, "pos"):
@@ -121,7 +104,7 @@ def to_molecule(obj: Any, index: int = 0) -> Molecule:
         return _validated(str(name), obj.symbols, obj.pos, getattr(obj, "error", None))
     if isinstance(obj, (tuple, list)) and len(obj) == 2:
         return _validated(str(index), obj[0], obj[1], None)
-    return Molecule(str(index), (), np.zeros((0, 3)), f"unsupported input type {type(obj).__name__}")
+    return Molecule(str(index), (), np.zeros((0, 3)), error=f"unsupported input type {type(obj).__name__}")
 
 
 def to_molecules(objs: Sequence[Any]) -> list[Molecule]:

@@ -30,7 +30,7 @@ def test_batch_content_matches_per_molecule_construction():
         sel = b.batch == g
         np.testing.assert_allclose(b.pos[sel].numpy(), pos - pos.mean(0), atol=1e-5)
         assert [arrays.elements[i] for i in b.one_hot[sel].argmax(1)] == symbols
-        assert b.charges[sel, 0].tolist() == [{"H": 1, "C": 6, "N": 7}[s] for s in symbols]
+        assert b.atomic_numbers[sel, 0].tolist() == [{"H": 1, "C": 6, "N": 7}[s] for s in symbols]
     assert b.context.tolist() == [[1.0], [1.5], [2.0]]
 
 
@@ -53,7 +53,7 @@ def test_drop_last_rows_remove_h_and_errors():
     assert len(MolLoader(arrays, batch_size=4, drop_last=True)) == 2
     loader = MolLoader(arrays, rows=[1, 3], batch_size=8, shuffle=False, remove_h=True)
     (b,) = list(loader)
-    assert loader.elements == ("C", "N") and b.one_hot.shape == (4, 2) and b.charges.min() == 6
+    assert loader.elements == ("C", "N") and b.one_hot.shape == (4, 2) and b.atomic_numbers.min() == 6
     with pytest.raises(ValueError, match="context_norms"):
         MolLoader(arrays, context_keys=["y"])
     with pytest.raises(ValueError, match="unknown context"):

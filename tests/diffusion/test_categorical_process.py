@@ -66,7 +66,7 @@ def test_loss_is_e3_invariant_and_differentiable(param, float64, make_batch):
     proc = categorical_process(torch.float64, param=param)
     randomize_(proc.denoiser)
     mol = make_batch((4, 3, 5), dtype=torch.float64, seed=1)
-    mol = replace(mol, charges=mol.charges[:, :0])
+    mol = replace(mol, atomic_numbers=mol.atomic_numbers[:, :0])
     proc.train()
     t_int = torch.tensor([3, 300, 900])
     eps_pos = sample_zero_com_gaussian(mol.batch, 3, torch.Generator().manual_seed(5), torch.float64)
@@ -124,7 +124,7 @@ def test_overfit_one_composition(make_batch):
     proc = categorical_process(hidden_nf=32, n_layers=2, timesteps=100, seed=1)
     mol = make_batch((5,) * 8, center=True, seed=3)
     types = torch.tensor([1, 0, 0, 3, 0] * 8)  # C H H O H, repeated
-    mol = replace(mol, one_hot=torch.nn.functional.one_hot(types, K).float(), charges=mol.charges[:, :0],
+    mol = replace(mol, one_hot=torch.nn.functional.one_hot(types, K).float(), atomic_numbers=mol.atomic_numbers[:, :0],
                   pos=remove_mean(mol.pos[:5].repeat(8, 1), mol.batch, 8))
     opt = torch.optim.Adam(proc.parameters(), lr=3e-3)
     gen = torch.Generator().manual_seed(0)

@@ -49,3 +49,23 @@ def test_build_edm_mol_is_edm_like():
     orders = np.zeros((2, 2), dtype=np.int8)
     orders[0, 1] = orders[1, 0] = 3
     assert build_edm_mol(["C", "O"], orders).GetBondWithIdx(0).GetBondType() == Chem.BondType.TRIPLE
+
+
+def test_one_molecule_record_for_files_and_evaluation(tmp_path):
+    """``evaluation.Molecule`` and ``io.MoleculeRecord`` are ``io.Molecule``; normalising keeps bonds and charges."""
+    from moldiff import Molecule as Public
+    from moldiff.io import Molecule as IoMolecule
+    from moldiff.io import bonded_mol, read_molecules, write_sdf
+
+    assert Molecule is IoMolecule is MoleculeRecord is Public
+    symbols, pos = METHANE
+    write_sdf(tmp_path / "m.sdf", [bonded_mol(symbols, pos, [(0, k, 1) for k in range(1, 5)], [0] * 5, "methane")])
+    (rec,) = read_molecules(tmp_path / "m.sdf")
+    norm = to_molecule(rec, 7)
+    assert norm.name == "methane" and norm.error is None and norm.symbols == tuple(symbols) and norm.n_atoms == 5
+    assert norm.bonds == rec.bonds and len(norm.bonds) == 4 and norm.formal_charges == [0] * 5
+    again = to_molecule(norm, 0)  # idempotent
+    assert (again.name, again.symbols, again.error, again.bonds) == (norm.name, norm.symbols, None, norm.bonds)
+    np.testing.assert_array_equal(again.pos, norm.pos)
+    unnamed = to_molecule(Molecule("", ["C", "Qq"], np.zeros((2, 3))), 3)
+    assert unnamed.name == "3" and unnamed.error == "unknown element Qq"  # records are validated, not trusted
