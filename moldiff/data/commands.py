@@ -45,7 +45,12 @@ def add_build_parsers(dsub: argparse._SubParsersAction) -> None:
     b.add_argument("--name", required=True, help="dataset name (used as data.dataset in configs)")
     b.add_argument("--root", default=None, help="data directory (default: moldiff's data dir)")
     b.add_argument("--column", default=None, help="CSV column holding the SMILES (default: 'smiles', any case)")
-    b.add_argument("--limit", type=_positive_int, default=None, help="use only the first N SMILES")
+    b.add_argument("--limit", type=_positive_int, default=None,
+                   help="use only the first N SMILES (a prefix: not representative of a sorted file such as MOSES "
+                        "train; use --sample for training sets)")
+    b.add_argument("--sample", type=_positive_int, default=None, metavar="N",
+                   help="build a seeded random subset of N SMILES (--seed; after --limit; the same subset in every "
+                        "shard and on resume)")
     b.add_argument("--conformers", type=_positive_int, default=None,
                    help="conformers per molecule (GEOM: keep the N with the highest Boltzmann weight; default "
                         "1 for SMILES, all for GEOM)")
@@ -53,7 +58,7 @@ def add_build_parsers(dsub: argparse._SubParsersAction) -> None:
     b.add_argument("--min-heavy-atoms", type=int, default=1)
     b.add_argument("--max-heavy-atoms", type=_positive_int, default=None)
     b.add_argument("--max-atoms", type=_positive_int, default=None, help="limit including hydrogens")
-    b.add_argument("--seed", type=int, default=0, help="seed of the embeddings and of the split")
+    b.add_argument("--seed", type=int, default=0, help="seed of the embeddings, of the split and of --sample")
     b.add_argument("--chunk-size", type=_positive_int, default=1000, help="molecules per resumable chunk")
     b.add_argument("--workers", type=_positive_int, default=1, help="processes")
     b.add_argument("--shard", default=None, metavar="k/N", help="build only shard k of N (then: data merge)")
@@ -81,6 +86,9 @@ def run_build_command(args: argparse.Namespace) -> int:
     if args.geom is not None:
         from moldiff.data.geom import import_geom
 
+        if args.sample is not None:
+            raise ValueError("--sample works with --smiles and --moses; for GEOM use --limit")
+
         target, report = import_geom(args.geom, args.name, root=args.root, max_conformers=args.conformers,
                                      elements=elements, min_heavy_atoms=args.min_heavy_atoms,
                                      max_heavy_atoms=args.max_heavy_atoms, max_atoms=args.max_atoms,
@@ -92,8 +100,8 @@ def run_build_command(args: argparse.Namespace) -> int:
                         chunk_size=args.chunk_size)
     shard = parse_shard(args.shard)
     out = build_dataset(args.name, smiles_file=args.smiles, moses=args.moses, column=args.column, limit=args.limit,
-                        options=opts, root=args.root, shard=shard, workers=args.workers, overwrite=args.overwrite,
-                        merge=True if args.merge else None, progress=args.progress, log=log)
+                        sample=args.sample, options=opts, root=args.root, shard=shard, workers=args.workers,
+                        overwrite=args.overwrite, merge=True if args.merge else None, progress=args.progress, log=log)
     if "dataset" in out:
         from pathlib import Path
 

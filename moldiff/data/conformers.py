@@ -4,7 +4,10 @@
 dataset (:class:`~moldiff.data.registry.StoredDataset`) with hydrogens, bonds and formal charges:
 
 1. **Read** the SMILES (one per line, or a CSV column; an optional header is skipped) and number
-   the data rows ``0..n-1``; ``--limit`` keeps the first ``n``.
+   the data rows ``0..n-1``; ``--limit`` keeps the first ``n`` (a prefix: MOSES's train file is not
+   shuffled, so a prefix is not representative); ``--sample n`` keeps a seeded random subset of
+   ``n`` rows (:func:`sample_rows`: ``--seed``; chosen here, before chunking and sharding, so every
+   shard sees the same subset; rows keep their source numbers). Use ``--sample`` for training sets.
 2. **Chunk** the rows (``--chunk-size``): chunk ``c`` is rows ``[c·size, (c+1)·size)``. Shard
    ``k/N`` builds the chunks with ``c % N == k − 1``. Every finished chunk is written atomically
    to ``<root>/.build/NAME/chunks/`` (molecules + rejects), so a rerun after a kill skips it.
@@ -148,6 +151,35 @@ def read_smiles(path: str | Path, column: str | None = None) -> list[str]:
     if fields[0].lower() == "smiles" or (column is not None and fields[0] == column):
         fields = fields[1:]
     return fields
+
+
+def sample_rows(num_rows: int, n: int, seed: int = 0) -> np.ndarray:
+    """A seeded random subset of ``n`` of the rows ``0..num_rows-1``, in increasing order.
+
+    Every row gets a 64-bit key from a fixed integer hash (SplitMix64's finaliser) of ``(seed, row)``
+    and the ``n`` rows with the smallest keys are kept. The choice depends on nothing but
+    ``(num_rows, n, seed)``: not on the NumPy version, the platform or the shard, so the shards of
+    a cluster build (even with different software) agree; a larger ``n`` with the same seed gives
+    a superset (the samples are nested).
+
+    Raises:
+        ValueError: ``n`` is not between 1 and ``num_rows``.
+
+    >>> sample_rows(10, 3, seed=0).tolist() == sample_rows(10, 3, seed=0).tolist()
+    True
+    >>> set(sample_rows(10, 3, seed=1).tolist()) <= set(sample_rows(10, 6, seed=1).tolist())
+    True
+    """
+    if not 1 <= n <= num_rows:
+        raise ValueError(f"--sample {n}: the source has {num_rows} rows; sample between 1 and {num_rows}")
+    mask = np.uint64(0xFFFFFFFFFFFFFFFF)
+    with np.errstate(over="ignore"):
+        z = np.arange(num_rows, dtype=np.uint64) + np.uint64((int(seed) * 0x9E3779B97F4A7C15 + 1) & int(mask))
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    keep = np.argsort(z, kind="stable")[:n]
+    return np.sort(keep).astype(np.int64)
 
 
 # ============================================================================ one molecule
@@ -362,12 +394,18 @@ def build_chunks(
     overwrite: bool = False,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    rows: Sequence[int] | None = None,
 ) -> dict[str, int]:
     """Build this shard's missing chunks into :func:`build_dir` (see the module docstring).
+
+    ``rows[i]`` is the source row number of ``smiles[i]`` (default ``i``): it names the molecule,
+    seeds its embedding and numbers its rejects, so a sampled build keeps the source's numbering.
 
     Returns:
         ``{"chunks_done", "chunks_skipped", "chunks_total", "molecules", "rejects"}`` of this run.
     """
+    if rows is not None and len(rows) != len(smiles):
+        raise ValueError(f"rows has {len(rows)} entries for {len(smiles)} SMILES")
     work = build_dir(name, root)
     manifest = _manifest(source, len(smiles), opts, name)
     _check_manifest(work, manifest, overwrite)
@@ -379,7 +417,7 @@ def build_chunks(
     total = sum(len(s) for s in spans.values())
     if log is not None and len(todo) < len(mine):
         log(f"resuming: {len(mine) - len(todo)} of {len(mine)} chunks already built in {work}")
-    tasks = ((row, smiles[row], opts) for c in todo for row in spans[c])
+    tasks = ((i if rows is None else int(rows[i]), smiles[i], opts) for c in todo for i in spans[c])
     stats = Counter(chunks_skipped=len(mine) - len(todo), chunks_total=len(mine))
     with _results(tasks, workers) as results, _bar(total, progress, name) as bar:
         for c in todo:
@@ -553,6 +591,7 @@ def build_dataset(
     smiles: Sequence[str] | None = None,
     column: str | None = None,
     limit: int | None = None,
+    sample: int | None = None,
     options: BuildOptions | None = None,
     root: str | Path | None = None,
     shard: tuple[int, int] = (1, 1),
@@ -570,7 +609,10 @@ def build_dataset(
         moses: ``train``, ``test`` or ``test_scaffolds`` (PyPI ``molsets``).
         smiles: SMILES in memory.
         column: CSV column of the SMILES.
-        limit: use only the first ``limit`` rows.
+        limit: use only the first ``limit`` rows (applied before ``sample``).
+        sample: build a random subset of ``sample`` rows (:func:`sample_rows` with
+            ``options.seed``), chosen before sharding: every shard builds its part of the same
+            subset, and a rerun with the same arguments resumes it.
         options: filters, conformers, seed, chunk size.
         root: data directory.
         shard: ``(k, N)``: build chunks ``c`` with ``c % N == k - 1``.
@@ -593,6 +635,8 @@ def build_dataset(
         raise ValueError("give exactly one source: --smiles FILE or --moses SET")
     if limit is not None and limit <= 0:
         raise ValueError(f"--limit must be positive, got {limit}")
+    if sample is not None and sample <= 0:
+        raise ValueError(f"--sample must be positive, got {sample}")
     opts = options or BuildOptions()
     if moses is not None:
         path = moses_path(moses)
@@ -605,11 +649,15 @@ def build_dataset(
         data, source = data[:limit], f"{source}, first {limit} rows"
     if not data:
         raise ValueError(f"no SMILES in {source}")
+    rows: list[int] | None = None
+    if sample is not None:  # before chunking and sharding: every shard builds its part of one subset
+        rows = sample_rows(len(data), sample, opts.seed).tolist()
+        data, source = [data[r] for r in rows], f"{source}, random sample of {sample} rows (seed {opts.seed})"
     target = Path(root if root is not None else data_root()) / name
     if target.exists() and not overwrite:
         raise ValueError(f"dataset {name!r} already exists at {target} (use --overwrite to replace it)")
     out: dict[str, Any] = build_chunks(data, name, opts, source=source, root=root, shard=shard, workers=workers,
-                                       overwrite=overwrite, progress=progress, log=log)
+                                       overwrite=overwrite, progress=progress, log=log, rows=rows)
     if log is not None:
         log(f"shard {shard[0]}/{shard[1]}: built {out['chunks_done']} chunks ({out['molecules']} molecules, "
             f"{out['rejects']} rejects), {out['chunks_skipped']} already done")

@@ -150,6 +150,75 @@ def test_two_shards_merge_to_one_run(tmp_path, smiles_file, capsys):
         main(["data", "build", "--moses", "train", "--smiles", str(smiles_file), "--name", "y"])
 
 
+def test_sample_rows_seeded_uniform_nested():
+    a = conf.sample_rows(1000, 100, seed=3)
+    assert a.tolist() == conf.sample_rows(1000, 100, seed=3).tolist()  # same seed, same subset
+    assert a.tolist() != conf.sample_rows(1000, 100, seed=4).tolist()
+    assert len(set(a.tolist())) == 100 and a.tolist() == sorted(a.tolist()) and 0 <= a.min() and a.max() < 1000
+    assert set(a.tolist()) <= set(conf.sample_rows(1000, 300, seed=3).tolist())  # nested
+    assert a.tolist() != list(range(100))  # not a prefix
+    big = conf.sample_rows(100_000, 10_000, seed=0)  # spread over the whole file (a prefix would have max 9,999)
+    assert np.histogram(big, bins=10, range=(0, 100_000))[0].min() > 900
+    assert conf.sample_rows(5, 5).tolist() == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError, match="source has 5 rows"):
+        conf.sample_rows(5, 6)
+
+
+def test_sampled_build_reproducible_and_shards_merge(tmp_path, smiles_file, capsys):
+    common = ["--smiles", str(smiles_file), "--root", str(tmp_path), "--chunk-size", "2", "--no-progress",
+              "--sample", "6", "--seed", "5"]
+    assert main(["data", "build", *common, "--name", "whole"]) == 0
+    assert "6 SMILES -> " in capsys.readouterr().out
+    chosen = conf.sample_rows(10, 6, seed=5).tolist()
+    whole = load_dataset("whole", root=tmp_path)
+    assert set(whole.index.tolist()) <= set(chosen)  # molecules keep their source row numbers
+    rejects = (tmp_path / "whole" / "processed" / "rejects.tsv").read_text().splitlines()[1:]
+    assert sorted(set(whole.index.tolist()) | {int(r.split("\t")[0]) for r in rejects}) == chosen
+    assert main(["data", "build", *common, "--name", "again"]) == 0  # the same seed gives the same dataset
+    _arrays_equal(whole, load_dataset("again", root=tmp_path))
+    for k in ("1/3", "2/3", "3/3"):
+        assert main(["data", "build", *common, "--name", "sh", "--shard", k]) == 0
+    assert main(["data", "merge", "sh", "--root", str(tmp_path)]) == 0
+    _arrays_equal(whole, load_dataset("sh", root=tmp_path))
+    for split in ("train", "valid", "test"):
+        np.testing.assert_array_equal(get_split(split, "whole", root=tmp_path), get_split(split, "sh", root=tmp_path))
+    assert ((tmp_path / "whole" / "processed" / "rejects.tsv").read_text()
+            == (tmp_path / "sh" / "processed" / "rejects.tsv").read_text())
+    # a molecule's conformer does not depend on being sampled: same row, same seed, same coordinates
+    assert main(["data", "build", *common[:-4], "--seed", "5", "--name", "full"]) == 0
+    full = load_dataset("full", root=tmp_path)
+    for k, row in enumerate(whole.index.tolist()):
+        j = full.index.tolist().index(row)
+        np.testing.assert_array_equal(whole.molecule(k)[1], full.molecule(j)[1])
+    capsys.readouterr()
+    assert main(["data", "build", *common[:-4], "--sample", "11", "--name", "big"]) == 2
+    assert "--sample 11: the source has 10 rows" in capsys.readouterr().err and not (tmp_path / "big").exists()
+
+
+def test_sampled_build_resumes_only_with_the_same_sample(tmp_path, smiles_file, monkeypatch):
+    data = read_smiles(smiles_file)
+    opts = BuildOptions(chunk_size=2, seed=1)
+    real = conf._write_chunk
+    written = []
+
+    def dying(work, c, *a):
+        if len(written) == 1:
+            raise KeyboardInterrupt
+        written.append(c)
+        real(work, c, *a)
+
+    monkeypatch.setattr(conf, "_write_chunk", dying)
+    with pytest.raises(KeyboardInterrupt):
+        build_dataset("res", smiles=data, sample=5, options=opts, root=tmp_path, progress=False)
+    monkeypatch.setattr(conf, "_write_chunk", real)
+    with pytest.raises(ValueError, match="other source"):  # another subset is another build
+        build_dataset("res", smiles=data, sample=4, options=opts, root=tmp_path, progress=False)
+    out = build_dataset("res", smiles=data, sample=5, options=opts, root=tmp_path, progress=False)
+    assert out["chunks_skipped"] == 1 and out["chunks_done"] == 2
+    build_dataset("one", smiles=data, sample=5, options=opts, root=tmp_path, progress=False)
+    _arrays_equal(load_dataset("res", root=tmp_path), load_dataset("one", root=tmp_path))
+
+
 def _geom_record(smiles, n_conf, seed=0):
     from rdkit.Chem import AllChem
 
