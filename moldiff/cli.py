@@ -737,11 +737,20 @@ EXAMPLES: dict[str, str] = {
 run 'moldiff <command> --help' for each command's options and examples""",
     "moldiff data": """examples:
   moldiff data prepare
-  moldiff data import my_molecules.sdf --name mine""",
+  moldiff data import my_molecules.sdf --name mine
+  moldiff data build --moses train --sample 2000 --name moses2k""",
     "moldiff data prepare": """example:
   moldiff data prepare              # cache QM9 arrays and EDM's splits under data/qm9""",
     "moldiff data import": """example:
   moldiff data import my_molecules.sdf --name mine   # then set data.dataset: mine in a training config""",
+    "moldiff data build": """examples:
+  moldiff data build --smiles my.smi --name mine                         # one SMILES per line, or CSV (--column)
+  moldiff data build --moses train --sample 100000 --name moses100k --workers 16   # random subset: training sets
+  moldiff data build --moses train --sample 100000 --name moses100k --shard 3/8    # shard 3 of 8, then: data merge
+  moldiff data build --geom rdkit_folder/drugs --name geom --conformers 5          # GEOM-Drugs pickles (trusted)
+rerun the same command after a kill to resume; --limit N takes the first N rows (not a random sample)""",
+    "moldiff data merge": """example:
+  moldiff data merge moses100k      # after every `data build ... --shard k/N` has finished""",
     "moldiff train": """examples:
   moldiff train --config benchmarks/configs/tiny.yaml --out runs/tiny            # seconds, a smoke test
   moldiff train --config benchmarks/configs/tiny.yaml --out runs/tiny --resume   # continue a stopped run

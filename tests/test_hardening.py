@@ -388,7 +388,31 @@ def test_write_stats_keeps_date_when_content_unchanged(tmp_path):
 
 
 # ============================================================================ help, packaging, README
-COMMANDS = [["data"], ["data", "prepare"], ["data", "import"], ["train"], ["sample"], ["evaluate"], ["relax"]]
+COMMANDS = [["data"], ["data", "prepare"], ["data", "import"], ["data", "build"], ["data", "merge"], ["train"],
+            ["sample"], ["evaluate"], ["relax"]]
+
+
+def _command_tree(parser, prefix=()):
+    """Every (sub)command of the CLI as a list of words, found from the parser itself."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield [*prefix, name]
+                yield from _command_tree(sub, (*prefix, name))
+
+
+def test_examples_cover_every_command(monkeypatch):
+    from moldiff import cli
+
+    built = []  # the parser _parse_args builds, caught instead of parsing
+    monkeypatch.setattr(cli._Parser, "parse_args", lambda self, argv=None: built.append(self))
+    cli._parse_args([])
+    parser = built[0]
+    found = sorted(" ".join(c) for c in _command_tree(parser))
+    assert found == sorted(" ".join(c) for c in COMMANDS)  # COMMANDS (the help test below) lists them all
+    assert not [c for c in found if f"moldiff {c}" not in cli.EXAMPLES]
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=" ".join)
