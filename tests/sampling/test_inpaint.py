@@ -235,3 +235,27 @@ def test_categorical_types_drawn_from_logits_fixed_ones_noised(method):
     assert bool((last_h[free] * norm_h)[:, _TypeSpy.FAVOURED].all())
     # self-conditioning: the previous clean estimate is fed back after the first call
     assert first_sc is None and last_sc is not None and last_sc[0].shape == (out.pos.shape[0], 3)
+
+
+def test_inpaint_molecules_api_categorical_model(tmp_path):
+    """The public call with a categorical, self-conditioned, x0 model and a fragment file."""
+    import numpy as np
+
+    from moldiff.config import ExperimentConfig
+    from moldiff.fragments import inpaint_molecules
+    from moldiff.io import write_xyz
+    from moldiff.pipeline import MolDiff
+
+    elements = ["H", "C", "N", "O", "F"]
+    stats = {"elements": elements, "n_atoms_hist": {n: 1 for n in range(4, 12)}, "max_n_atoms": 11}
+    model = MolDiff(_built_process("categorical-x0-selfcond"), ExperimentConfig.from_dict(
+        _BUILT["categorical-x0-selfcond"]), stats, name="tiny-categorical")
+    symbols = ["C", "O", "H"]
+    pos = np.array([[0.1, -0.2, 0.3], [1.3, -0.2, 0.3], [-0.5, 0.7, 0.3]])
+    write_xyz(tmp_path / "frag.xyz", [(symbols, pos)])
+    for method in SAMPLERS:
+        mols, out = inpaint_molecules(model, [tmp_path / "frag.xyz"], 3, steps=3, method=method, resample=2)
+        assert len(mols) == 3 and bool(out.accepted.all())
+        for syms, p in mols:
+            assert syms[:3] == symbols and np.array_equal(p[:3], pos) and len(syms) > 3
+            assert set(syms) <= set(elements)
