@@ -38,9 +38,8 @@ from _common import load_packed  # noqa: E402
 from moldiff.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from moldiff.config import ExperimentConfig  # noqa: E402
 from moldiff.data.loader import MolLoader  # noqa: E402
-from moldiff.pipeline import build_process  # noqa: E402
-from moldiff.sampling.priors import NodeCountDistribution  # noqa: E402
-from moldiff.sampling.sampler import SAMPLERS, Sampler  # noqa: E402
+from moldiff.pipeline import MolDiff, build_process  # noqa: E402
+from moldiff.sampling.sampler import SAMPLERS  # noqa: E402
 from moldiff.training.trainer import Trainer  # noqa: E402
 from moldiff.types import DatasetStats  # noqa: E402
 
@@ -48,18 +47,20 @@ SUMMARY = ("atom_stability", "mol_stability", "validity", "uniqueness")
 
 
 @torch.no_grad()
-def evaluate(process, elements: list[str], hist: dict, num: int, steps: int, method: str, seed: int,
+def evaluate(process, config: ExperimentConfig, stats: DatasetStats, num: int, steps: int, method: str, seed: int,
              device: str, precision: str = "fp32") -> dict[str, Any]:
-    """Sample ``num`` molecules with ``process`` at ``precision`` and return the EDM summary plus timing."""
+    """Sample ``num`` molecules with ``process`` at ``precision`` and return the EDM summary plus timing.
+
+    Sampling goes through the public API (:meth:`moldiff.MolDiff.sample_raw`: ``N ~ p(N)``, the
+    argument checks, and ``p(c | N)`` for a conditional checkpoint), as a user's would.
+    """
     if num <= 0:
         return {}
-    process.eval()
     process.denoiser.precision = precision  # a runtime switch; weights and training are unaffected
-    counts = NodeCountDistribution(hist).sample(num, torch.Generator().manual_seed(seed))
+    model = MolDiff(process, config, stats)
     t0 = time.perf_counter()
-    out = Sampler(process).sample_batched(counts, seed=seed, steps=steps, method=method, device=device)
+    mols = model.sample_raw(num, steps=steps, seed=seed, method=method, device=device)
     seconds = time.perf_counter() - t0
-    mols = [([elements[i] for i in t.tolist()], p.double().numpy()) for t, p in out.split()]
     try:  # RDKit may be missing on the GPU image; carry its wheel (benchmarks/ops/README.md)
         from moldiff.evaluation import evaluate_molecules
 
@@ -125,7 +126,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t_load = time.perf_counter() - t_start
 
     process = build_process(config, len(elements), stats.context_nf)
-    hist = dict(stats.n_atoms_hist)
     work = Path(tempfile.mkdtemp(prefix="moldiff_resume_"))
     shutil.copy(args.checkpoint, work / "last.pt")
     trainer = Trainer(process, config, stats, train_batches=loader.iter_batches, out_dir=work,
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         trainer.process.denoiser.compile(dynamic=True)
     print(f"{mode}; step {step0}; {arrays.num_molecules} molecules; load {t_load:.1f} s", flush=True)
 
-    eval_args = (elements, hist, args.eval_samples, args.eval_steps, args.eval_method, args.seed, args.device,
+    eval_args = (config, stats, args.eval_samples, args.eval_steps, args.eval_method, args.seed, args.device,
                  args.eval_precision)
     before = {} if args.skip_eval_before else evaluate(trainer.ema, *eval_args)
     print(f"before: {before}", flush=True)
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     info = dict(payload.get("info", {}))
     info.update(resumed_from=str(args.checkpoint), resume_steps=trained, total_steps=state.step)
     save_checkpoint(args.out / "checkpoint.pt", {
-        "config": config.to_dict(), "stats": stats, "model": trainer.process.state_dict(),
+        "config": config.to_dict(), "stats": stats.to_dict(), "model": trainer.process.state_dict(),
         "ema": trainer.ema.state_dict(), "info": info,
     })
     if (work / "log.csv").is_file():

@@ -5,7 +5,9 @@
 
 ``--model`` is a shipped model name or any checkpoint path; ``--samplers`` takes registered names
 and ``ddim@ETA`` (DDIM with that ``eta``; ``ddim@1`` equals ancestral). Molecules are sampled with
-:meth:`~moldiff.sampling.sampler.Sampler.sample_batched` (``--max-atoms`` per batch). The same
+the public API, :meth:`moldiff.MolDiff.sample_raw` with a :class:`~moldiff.sampling.config.SamplingConfig`
+(``--max-atoms`` per batch), so they pass the same checks (and, for a conditional model, the same
+``p(c | N)`` conditioning) as users' samples. The same
 ``--num`` atom counts (drawn once from the model's ``p(N)``) and the same seed are used for every
 row, so rows differ only by sampler and step count. Each row is scored with
 :func:`moldiff.evaluation.evaluate_molecules` (atom / molecule stability, validity, uniqueness,
@@ -36,7 +38,8 @@ import moldiff
 from moldiff.checkpoint import save_checkpoint
 from moldiff.evaluation import evaluate_molecules, load_reference_smiles
 from moldiff.runtime import tune_cpu_allocator
-from moldiff.sampling.sampler import DEFAULT_MAX_ATOMS_PER_BATCH, SAMPLERS, Sampler
+from moldiff.sampling.config import SamplingConfig
+from moldiff.sampling.sampler import DEFAULT_MAX_ATOMS_PER_BATCH, SAMPLERS
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the shared _common helpers
 from _common import RESULTS, ROOT, load_config, machine, qm9_histogram, write_json  # noqa: E402
@@ -152,11 +155,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         for steps in args.steps:
             method, _, eta = sampler.partition("@")
             t0 = time.perf_counter()
-            out = Sampler(model.process).sample_batched(
-                counts, max_atoms_per_batch=args.max_atoms, seed=args.seed, steps=steps, method=method,
-                eta=float(eta or 0.0), device=args.device)
+            config = SamplingConfig(method=method, steps=steps, eta=float(eta or 0.0), seed=args.seed,
+                                    max_atoms_per_batch=args.max_atoms)
+            mols = model.sample_raw(args.num, num_atoms=counts, config=config, device=args.device)
             seconds = time.perf_counter() - t0
-            mols = [([model.elements[i] for i in t.tolist()], p.double().numpy()) for t, p in out.split()]
             _, summary = evaluate_molecules(mols, reference_smiles=reference)
             row = {"sampler": sampler, "steps": steps, "num": args.num, "seconds": seconds,
                    "mol_per_s": args.num / seconds, **{c: summary.get(c) for c in COLUMNS}}

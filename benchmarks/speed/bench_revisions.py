@@ -60,6 +60,9 @@ def child(args: argparse.Namespace) -> None:
 
     proc = random_process(load_config(args.config), "cpu")
     if args.child == "sample":
+        # The sampler core on random weights, not moldiff.load_model: there is no checkpoint to load
+        # (speed does not depend on the weights), the same call must run on old revisions, and one
+        # batch of exactly these sizes is timed (the public API would regroup it).
         from moldiff.sampling.sampler import Sampler
 
         counts = atom_counts(args.sample_num, seed=0)

@@ -50,7 +50,14 @@ from _common import (  # noqa: E402
 
 # ---------------------------------------------------------------------- measurements
 def sample_run(proc, counts: torch.Tensor, steps: int, method: str, device: str):
-    """One sampling call (closure for :func:`timed`)."""
+    """One sampling call (closure for :func:`timed`).
+
+    This times the sampler core (:meth:`~moldiff.sampling.sampler.Sampler.sample`: one batch of
+    exactly ``counts``) on a process with random weights, not the public API: there is no trained
+    checkpoint, vocabulary or ``p(N)`` to load (speed does not depend on them), and the rows measure
+    one batch of a given size, which ``MolDiff.sample_raw``'s automatic batching would regroup.
+    Quality benchmarks (``benchmarks/quality/``) sample through ``moldiff.load_model`` instead.
+    """
     sampler = Sampler(proc)
 
     def run() -> None:
