@@ -25,12 +25,11 @@ import numpy as np
 import torch
 
 from moldiff.checkpoint import load_checkpoint, save_checkpoint
-from moldiff.conditioning import PROPERTIES, PROPERTY_NAMES, ConditionalInputs, conditional_inputs
+from moldiff.conditioning import PROPERTIES, PROPERTY_NAMES, conditional_inputs
 from moldiff.config import ExperimentConfig
 from moldiff.data import get_split, load_dataset, property_mean_mad
 from moldiff.pipeline import PRETRAINED_DIR, from_checkpoint
 from moldiff.sampling.priors import PropertyDistribution
-from moldiff.sampling.sampler import Sampler
 from moldiff.training.property import (
     fit_num_nodes_baseline,
     load_predictor,
@@ -173,17 +172,14 @@ def sweep(prop: str, arrays, args: argparse.Namespace, work: Path, png: Path) ->
     targets = np.linspace(lo, hi, 5)
     out: dict = {"targets": targets.tolist(), "unit": PROPERTIES[prop].unit}
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.8))
-    gen = torch.Generator().manual_seed(args.seed)
-    per = [conditional_inputs(model, args.sweep_num, None, {prop: float(c)}, None, gen) for c in targets]
-    counts = torch.cat([c.num_atoms for c in per])
-    context = torch.cat([c.context for c in per])
-    for w in (0.0, 2.0):  # all targets in one batch; guidance through the sampler's eps_fn
-        cond = ConditionalInputs(num_atoms=counts, values=torch.empty(0), context=context, guidance=w)
-        res = Sampler(model.process).sample(counts, steps=REDUCED["steps"], seed=args.seed, context=context,
-                                            eps_fn=cond.eps_fn(model.process, counts, context) if w else None)
-        mols = [([model.elements[i] for i in t.tolist()], p.double().numpy()) for t, p in res.split()]
+    for w in (0.0, 2.0):
+        # Through the public API, as a user asks for a target: N ~ p(N | target), the target's range
+        # check and (w > 0) classifier-free guidance. The same seed per target draws the same N for
+        # both weights, so w = 0 and w = 2 compare alike.
+        mols = [m for c in targets for m in model.sample_raw(
+            args.sweep_num, steps=REDUCED["steps"], seed=args.seed, target={prop: float(c)}, guidance=w)]
         pred = predict_molecules(phi, mols, arrays.elements, norm).reshape(len(targets), args.sweep_num)
-        sizes = counts.double().reshape(len(targets), args.sweep_num).mean(1).numpy()
+        sizes = np.array([len(sym) for sym, _ in mols], dtype=float).reshape(len(targets), args.sweep_num).mean(1)
         achieved = list(pred)
         q25, med, q75 = (np.array([np.percentile(a, q) for a in achieved]) for q in (25, 50, 75))
         out[f"guidance_{w:g}"] = {"achieved_mean": [float(a.mean()) for a in achieved],
