@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from moldiff.constants import MAX_SEED  # the one seed limit (SamplingConfig checks the same)
 from moldiff.runtime import tune_cpu_allocator
 
 if TYPE_CHECKING:  # the CLI imports the library lazily, so that --help stays fast
@@ -51,8 +52,6 @@ def _nonneg_int(text: str) -> int:
 
 #: Largest ``--num``: more is a typo, not a run (each molecule is sampled and kept in memory).
 MAX_NUM = 10**9
-#: Seeds are 32-bit (NumPy's ``RandomState`` limit; torch seeds derive from them).
-MAX_SEED = 2**32 - 1
 
 
 def _num(text: str) -> int:

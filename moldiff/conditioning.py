@@ -32,9 +32,7 @@ import torch
 
 from moldiff.constants import QM9_TARGETS
 from moldiff.sampling.priors import PropertyDistribution
-from moldiff.types import DatasetStats
-
-EpsFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+from moldiff.types import ContextNormalizer, DatasetStats, EpsFn, NetworkOutput
 
 
 @dataclass(frozen=True)
@@ -124,42 +122,6 @@ def parse_targets(items: Sequence[str]) -> dict[str, float]:
     return out
 
 
-class ContextNormalizer:
-    """``c_norm = (c − mean) / MAD`` per property, with statistics stored in the checkpoint.
-
-    Args:
-        norms: ``{name: (mean, MAD)}`` (e.g. ``DatasetStats.property_norms``).
-        keys: property order of the context columns.
-
-    >>> n = ContextNormalizer({"alpha": (75.0, 6.0)}, ["alpha"])
-    >>> n.normalize(torch.tensor([[81.0]])).tolist(), n.denormalize(torch.tensor([[1.0]])).tolist()
-    ([[1.0]], [[81.0]])
-    """
-
-    def __init__(self, norms: Mapping[str, Sequence[float]], keys: Sequence[str]) -> None:
-        self.keys = tuple(keys)
-        missing = [k for k in self.keys if k not in norms]
-        if missing:
-            raise ValueError(f"no (mean, MAD) stored for {missing}")
-        self.mean = torch.tensor([float(norms[k][0]) for k in self.keys], dtype=torch.float64)
-        self.mad = torch.tensor([float(norms[k][1]) for k in self.keys], dtype=torch.float64)
-        if (self.mad <= 0).any():
-            raise ValueError("property MAD must be positive")
-
-    def normalize(self, values: torch.Tensor) -> torch.Tensor:
-        """``[B, C]`` raw values -> ``[B, C]`` normalised (float64)."""
-        return (values.double() - self.mean) / self.mad
-
-    def denormalize(self, context: torch.Tensor) -> torch.Tensor:
-        """``[B, C]`` normalised -> ``[B, C]`` raw values (float64)."""
-        return context.double() * self.mad + self.mean
-
-    def stack(self, values: Mapping[str, torch.Tensor | float], num: int) -> torch.Tensor:
-        """Raw ``{name: [B] or scalar}`` -> ``[num, C]`` normalised context in ``keys`` order."""
-        cols = [torch.as_tensor(values[k], dtype=torch.float64).expand(num) for k in self.keys]
-        return self.normalize(torch.stack(cols, dim=1))
-
-
 # ---------------------------------------------------------------------- classifier-free guidance
 def context_width(num_properties: int, context_dropout: float) -> int:
     """Denoiser context width: ``C`` (EDM) or ``2 C`` when trained with context dropout (guidance).
@@ -199,7 +161,7 @@ def drop_context(context: torch.Tensor, p: float, generator: torch.Generator | N
     return with_keep_flags(context, keep.to(context.device))
 
 
-def guided_eps_fn(denoise: Callable[..., tuple[torch.Tensor, torch.Tensor]], batch: torch.Tensor,
+def guided_eps_fn(denoise: Callable[..., NetworkOutput], batch: torch.Tensor,
                   context: torch.Tensor, uncond_context: torch.Tensor, weight: float) -> EpsFn:
     """Classifier-free guided noise prediction for :meth:`Sampler.sample`'s ``eps_fn``.
 
@@ -219,7 +181,7 @@ def guided_eps_fn(denoise: Callable[..., tuple[torch.Tensor, torch.Tensor]], bat
     if weight < 0:
         raise ValueError(f"guidance weight must be >= 0, got {weight}")
 
-    def eps_fn(z_pos: torch.Tensor, z_h: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def eps_fn(z_pos: torch.Tensor, z_h: torch.Tensor, t: torch.Tensor) -> NetworkOutput:
         cond = denoise(z_pos, z_h, t, batch, context)
         if weight == 0:
             return cond

@@ -90,3 +90,7 @@ ONE_HOT: Final[str] = "one_hot"
 CHARGES: Final[str] = "charges"
 BATCH: Final[str] = "batch"
 CONTEXT: Final[str] = "context"
+
+#: Largest sampling seed: seeds are 32-bit (NumPy's ``RandomState`` limit; torch seeds derive from them).
+#: The one limit: ``SamplingConfig`` checks it and the CLI's ``--seed`` parser reads it.
+MAX_SEED: Final[int] = 2**32 - 1

@@ -6,7 +6,7 @@ maps every atom to its molecule, so no molecule is padded to the largest one.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
@@ -96,13 +96,25 @@ class MolBatch:
         return torch.bincount(self.batch, minlength=self.num_graphs)
 
 
+#: The one network-output type: ``(out_pos [N, 3], out_h [N, F])`` for one batch. A :class:`Denoiser`
+#: returns it in its parameterization's target (noise for EDM's ``eps``; see
+#: ``moldiff.diffusion.parameterization``); an :data:`EpsFn` returns it as noise.
+NetworkOutput = tuple[torch.Tensor, torch.Tensor]
+
+#: A network bound to one batch (its ``batch`` vector and context), as noise:
+#: ``(z_pos [N, 3], z_h [N, F], t [B]) -> (eps_pos, eps_h)``; the samplers' override hook (e.g.
+#: classifier-free guidance, ``moldiff.conditioning.guided_eps_fn``).
+EpsFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], NetworkOutput]
+
+
 @runtime_checkable
 class Denoiser(Protocol):
-    """A network predicting the noise of a noisy molecule.
+    """A network predicting a noisy molecule's noise (or, with another parameterization, its clean version).
 
-    ``(pos, h, t, batch, context) -> (eps_pos, eps_h)`` with ``pos [N, 3]``, ``h [N, F]``,
-    ``t [B]`` (normalised time in [0, 1]), ``batch [N]``, ``context [B, C] | None``;
-    ``eps_pos [N, 3]`` has zero mean per molecule and ``eps_h [N, F]``.
+    ``(pos, h, t, batch, context) -> (out_pos, out_h)`` (:data:`NetworkOutput`) with ``pos [N, 3]``,
+    ``h [N, F]``, ``t [B]`` (normalised time in [0, 1]), ``batch [N]``, ``context [B, C] | None``;
+    ``out_pos [N, 3]`` has zero mean per molecule and ``out_h [N, F]``. For EDM's ``eps``
+    parameterization the output is ``(eps_pos, eps_h)``.
     """
 
     def __call__(
@@ -112,9 +124,50 @@ class Denoiser(Protocol):
         t: torch.Tensor,
         batch: torch.Tensor,
         context: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Predict ``(eps_pos, eps_h)``."""
+    ) -> NetworkOutput:
+        """Predict ``(out_pos, out_h)`` (``(eps_pos, eps_h)`` for ``eps`` models)."""
         ...
+
+
+class ContextNormalizer:
+    """``c_norm = (c − mean) / MAD`` per property, with statistics stored in the checkpoint.
+
+    The one property normaliser: the data loader normalises training contexts with it, sampling
+    (``moldiff.conditioning``, which re-exports it) normalises targets, and the property classifiers
+    invert their predictions with it. ``moldiff.data.statistics.property_mean_mad`` computes the
+    ``(mean, MAD)`` pairs.
+
+    Args:
+        norms: ``{name: (mean, MAD)}`` (e.g. ``DatasetStats.property_norms``).
+        keys: property order of the context columns.
+
+    >>> n = ContextNormalizer({"alpha": (75.0, 6.0)}, ["alpha"])
+    >>> n.normalize(torch.tensor([[81.0]])).tolist(), n.denormalize(torch.tensor([[1.0]])).tolist()
+    ([[1.0]], [[81.0]])
+    """
+
+    def __init__(self, norms: Mapping[str, Sequence[float]], keys: Sequence[str]) -> None:
+        self.keys = tuple(keys)
+        missing = [k for k in self.keys if k not in norms]
+        if missing:
+            raise ValueError(f"no (mean, MAD) stored for {missing}")
+        self.mean = torch.tensor([float(norms[k][0]) for k in self.keys], dtype=torch.float64)
+        self.mad = torch.tensor([float(norms[k][1]) for k in self.keys], dtype=torch.float64)
+        if (self.mad <= 0).any():
+            raise ValueError("property MAD must be positive")
+
+    def normalize(self, values: torch.Tensor) -> torch.Tensor:
+        """``[B, C]`` raw values -> ``[B, C]`` normalised (float64)."""
+        return (values.double() - self.mean) / self.mad
+
+    def denormalize(self, context: torch.Tensor) -> torch.Tensor:
+        """``[B, C]`` normalised -> ``[B, C]`` raw values (float64)."""
+        return context.double() * self.mad + self.mean
+
+    def stack(self, values: Mapping[str, torch.Tensor | float], num: int) -> torch.Tensor:
+        """Raw ``{name: [B] or scalar}`` -> ``[num, C]`` normalised context in ``keys`` order."""
+        cols = [torch.as_tensor(values[k], dtype=torch.float64).expand(num) for k in self.keys]
+        return self.normalize(torch.stack(cols, dim=1))
 
 
 #: Keys of :class:`DatasetStats` in a checkpoint's ``stats`` dict (anything else is kept in ``extra``).

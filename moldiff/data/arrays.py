@@ -36,6 +36,36 @@ _CHEMISTRY_KEYS = ("bond_index", "bond_type", "bond_ptr", "formal_charge")
 BondList = Sequence[tuple[int, int, int]]
 
 
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
+
+
+def read_npz(path: str | Path, what: str = "data file") -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file (``allow_pickle=False``), read eagerly.
+
+    A damaged file (truncated, not a zip, bad CRC, a broken array) raises ONE ``ValueError`` naming
+    ``path``, whichever of NumPy's, ``zipfile``'s or ``zlib``'s errors it met, so the CLI prints one line.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the file cannot be read as an ``.npz``.
+    """
+    import zipfile
+    import zlib
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no {what} at {path}")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if not hasattr(f, "files"):  # a bare .npy saved under an .npz name
+                raise ValueError("a single array, not an .npz archive")
+            return {k: f[k] for k in f.files}
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
+        raise ValueError(f"{path}: damaged or unreadable {what} ({_first_line(exc)}); rebuild it") from None
+
+
 def _offsets(counts: np.ndarray) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
 
@@ -406,10 +436,11 @@ class MoleculeArrays:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no molecule file at {path}")
-        with np.load(path, allow_pickle=False) as f:
-            if "format_version" not in f or int(f["format_version"]) not in _READABLE_VERSIONS:
-                raise ValueError(f"{path}: not a moldiff molecule file of format {_READABLE_VERSIONS}")
-            props = {k[len(_PROP_PREFIX):]: f[k] for k in f.files if k.startswith(_PROP_PREFIX)}
+        f = read_npz(path, "molecule file")
+        if "format_version" not in f or int(f["format_version"]) not in _READABLE_VERSIONS:
+            raise ValueError(f"{path}: not a moldiff molecule file of format {_READABLE_VERSIONS}")
+        props = {k[len(_PROP_PREFIX):]: v for k, v in f.items() if k.startswith(_PROP_PREFIX)}
+        try:
             return cls(
                 pos=f["pos"],
                 atomic_numbers=f["atomic_numbers"],
@@ -418,6 +449,8 @@ class MoleculeArrays:
                 names=f["names"],
                 index=f["index"],
                 properties=props,
-                smiles=f["smiles"] if "smiles" in f.files else None,
-                **{k: f[k] for k in _CHEMISTRY_KEYS if k in f.files},
+                smiles=f.get("smiles"),
+                **{k: f[k] for k in _CHEMISTRY_KEYS if k in f},
             )
+        except (KeyError, ValueError, TypeError) as exc:  # a key missing, or arrays that do not fit together
+            raise ValueError(f"{path}: damaged molecule file ({_first_line(exc)}); rebuild it") from None

@@ -16,7 +16,7 @@ import torch
 
 from moldiff.data.arrays import MoleculeArrays, atom_ranges
 from moldiff.geometry import remove_mean
-from moldiff.types import MolBatch
+from moldiff.types import ContextNormalizer, MolBatch
 
 
 class MolLoader:
@@ -81,8 +81,9 @@ class MolLoader:
         self._z = self.arrays.atomic_numbers.astype(np.float32)
         self._n_atoms = self.arrays.n_atoms
         if context_keys:
-            ctx = np.stack([(arrays.properties[k] - norms[k][0]) / norms[k][1] for k in context_keys], axis=1)
-            self._context: np.ndarray | None = ctx.astype(np.float64)
+            raw = np.stack([np.asarray(arrays.properties[k], dtype=np.float64) for k in context_keys], axis=1)
+            ctx = ContextNormalizer(norms, context_keys).normalize(torch.from_numpy(raw))
+            self._context: np.ndarray | None = ctx.numpy()
         else:
             self._context = None
         self._epoch = 0

@@ -19,6 +19,7 @@ from typing import Final
 
 import numpy as np
 
+from moldiff.data.arrays import read_npz
 from moldiff.data.qm9 import QM9_NUM_MOLECULES, data_root
 
 QM9_SPLIT_SIZES: Final[dict[str, int]] = {"train": 100_000, "valid": 17_748, "test": 13_083}
@@ -94,8 +95,11 @@ def save_splits(path: str | Path, splits: dict[str, np.ndarray], **meta: int | s
 
 def load_splits(path: str | Path) -> dict[str, np.ndarray]:
     """Read split indices written by :func:`save_splits` (int64; metadata keys skipped)."""
-    with np.load(path, allow_pickle=False) as f:
-        return {k: f[k].astype(np.int64) for k in f.files if not k.startswith("meta__")}
+    arrays = read_npz(path, "split file")  # a damaged file: one ValueError naming it
+    try:
+        return {k: v.astype(np.int64) for k, v in arrays.items() if not k.startswith("meta__")}
+    except (TypeError, ValueError) as exc:  # e.g. a string array where indices belong
+        raise ValueError(f"{path}: damaged split file ({type(exc).__name__}); rebuild it") from None
 
 
 def qm9_splits_path(root: str | Path | None = None) -> Path:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from moldiff.constants import MAX_SEED
 from moldiff.sampling.solvers import SOLVERS
 
-#: Largest seed: seeds are 32-bit (NumPy's ``RandomState`` limit; torch seeds derive from them).
-MAX_SEED = 2**32 - 1
+__all__ = ["MAX_SEED", "SamplingConfig"]
 
 
 @dataclass(frozen=True)

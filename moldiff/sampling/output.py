@@ -1,14 +1,15 @@
-"""What samplers return (:class:`SampleOutput`, sparse, as tensors) and the network override type (:data:`EpsFn`)."""
+"""What samplers return (:class:`SampleOutput`, sparse, as tensors); :data:`EpsFn` comes from :mod:`moldiff.types`."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-#: A network override ``(z_pos, z_h, t) -> (eps_pos, eps_h)`` for one batch (e.g. classifier-free guidance).
-EpsFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+from moldiff.types import EpsFn
+
+__all__ = ["EpsFn", "SampleOutput", "concat_outputs"]
 
 
 @dataclass
@@ -18,7 +19,8 @@ class SampleOutput:
     Attributes:
         pos: ``[N, 3]`` positions (Å).
         types: ``[N]`` atom-type index into the model's vocabulary.
-        charges: ``[N]`` rounded charge channel (atomic number), zeros if the model has none.
+        charges: ``[N]`` the rounded atomic-number channel (EDM's "charges"; :attr:`atomic_numbers`),
+            zeros if the model has none.
         batch: ``[N]`` molecule index.
         num_graphs: number of molecules.
         chain: optional list of ``(pos, types)`` snapshots along the trajectory.
@@ -30,6 +32,11 @@ class SampleOutput:
     batch: torch.Tensor
     num_graphs: int
     chain: list | None = None
+
+    @property
+    def atomic_numbers(self) -> torch.Tensor:
+        """``[N]`` atomic numbers: the :attr:`charges` channel under the name of what it holds."""
+        return self.charges
 
     def split(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per-molecule ``(types [n], pos [n, 3])`` on the CPU, in order."""
