@@ -650,13 +650,11 @@ def _read_rdkit_molecules(path: str) -> list:
         raise CLIError(f"{path}: no readable molecule" + (f" ({records[0].error})" if records else ""))
     if Path(path).suffix.lower() == ".xyz":
         return [None if r.error else to_rdkit(r.symbols, r.pos) for r in records]
-    from rdkit import Chem, RDLogger
+    from rdkit import Chem
+    from rdkit.rdBase import BlockLogs
 
-    RDLogger.DisableLog("rdApp.*")
-    try:
+    with BlockLogs():  # restores the caller's RDKit log levels
         mols = list(Chem.SDMolSupplier(str(path), sanitize=False, removeHs=False))
-    finally:
-        RDLogger.EnableLog("rdApp.*")
     if len(mols) != len(records):
         raise CLIError(f"{path}: cannot match the SDF records ({len(records)}) to RDKit molecules ({len(mols)})")
     return [None if r.error else m for r, m in zip(records, mols, strict=True)]

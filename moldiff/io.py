@@ -235,7 +235,8 @@ def read_sdf(path: str | Path, strict: bool = True) -> list[Molecule]:
     Numeric ``> <field>`` data become :attr:`Molecule.properties`. See :func:`read_molecules`
     for ``strict`` and the errors raised.
     """
-    from rdkit import Chem, RDLogger
+    from rdkit import Chem
+    from rdkit.rdBase import BlockLogs
 
     path = Path(path)
     text = "\n".join(_read_text(path))
@@ -243,8 +244,7 @@ def read_sdf(path: str | Path, strict: bool = True) -> list[Molecule]:
         raise ValueError(f"{path}: not an SDF file (no 'M  END' line)")
     blocks = [b for b in re.split(r"^\$\$\$\$[ \t]*\n?", text, flags=re.M) if b.strip()]
     records: list[Molecule] = []
-    RDLogger.DisableLog("rdApp.*")
-    try:
+    with BlockLogs():  # restores the caller's RDKit log levels (EnableLog would switch on info/debug)
         for k, block in enumerate(blocks, start=1):
             name = block.split("\n", 1)[0].strip()
             try:
@@ -253,8 +253,6 @@ def read_sdf(path: str | Path, strict: bool = True) -> list[Molecule]:
                 if strict:
                     raise ValueError(f"{path}: record {k}: {exc}") from None
                 records.append(Molecule(name=name, symbols=[], pos=np.zeros((0, 3)), error=str(exc)))
-    finally:
-        RDLogger.EnableLog("rdApp.*")
     return records
 
 

@@ -145,7 +145,7 @@ def relax_molecules(
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
     fixed = _fixed_lists(fixed_atoms, len(mols))
-    from rdkit import RDLogger
+    from rdkit.rdBase import BlockLogs
 
     fn = _relax_mmff if method == "mmff" else _relax_xtb
     out = []
@@ -154,14 +154,13 @@ def relax_molecules(
         from threadpoolctl import threadpool_limits
 
         limits = threadpool_limits(limits=int(threads), user_api="openmp")
-    RDLogger.DisableLog("rdApp.*")  # failures are reported in RelaxResult.error instead
-    try:
-        with limits:
-            for mol, fx in tqdm(list(zip(mols, fixed, strict=True)), desc=f"relaxing ({method})", unit="mol",
-                                disable=not progress, leave=False):
-                out.append(_relax_one(fn, mol, method, fx, iters, charge))
-    finally:
-        RDLogger.EnableLog("rdApp.*")
+    # failures are reported in RelaxResult.error instead of RDKit's log; BlockLogs restores the
+    # caller's log levels on exit (EnableLog("rdApp.*") would switch on info/debug for the whole
+    # process, which made PoseBusters' InChI check fail on valid molecules afterwards)
+    with BlockLogs(), limits:
+        for mol, fx in tqdm(list(zip(mols, fixed, strict=True)), desc=f"relaxing ({method})", unit="mol",
+                            disable=not progress, leave=False):
+            out.append(_relax_one(fn, mol, method, fx, iters, charge))
     return out
 
 

@@ -42,6 +42,24 @@ POSEBUSTERS_COLUMNS: tuple[str, ...] = (
 )
 
 
+def _reopen_rdkit_log_stream() -> None:
+    """Point RDKit's Python log handler at the current stderr if its stream was closed.
+
+    Importing PoseBusters routes RDKit's log into Python logging through a handler bound to the
+    ``sys.stderr`` of that moment. When that stream is later closed (a redirected or captured
+    stderr: notebooks, pytest's capsys), every InChI call raises "I/O operation on closed file"
+    and PoseBusters reports valid molecules as not InChI-convertible.
+    """
+    import sys
+
+    import rdkit
+
+    handler = getattr(rdkit, "log_handler", None)
+    stream = getattr(handler, "stream", None)
+    if handler is not None and getattr(stream, "closed", False):
+        handler.stream = sys.stderr  # not setStream(): it flushes the old, closed stream first
+
+
 def check_posebusters(mols: Sequence[Chem.Mol | None]) -> list[dict[str, Any]]:
     """PoseBusters ``mol_fast`` tests for a list of molecules (one ``bust`` call).
 
@@ -54,6 +72,8 @@ def check_posebusters(mols: Sequence[Chem.Mol | None]) -> list[dict[str, Any]]:
         ``None`` inputs are empty.
     """
     from posebusters import PoseBusters  # heavy import, deferred
+
+    _reopen_rdkit_log_stream()
 
     idx = [i for i, m in enumerate(mols) if m is not None]
     out: list[dict[str, Any]] = [{"results": {}, "details": {}} for _ in mols]
