@@ -7,6 +7,8 @@
     # training throughput of several recipes side by side (alternating rounds, one process)
     .venv/bin/python benchmarks/quality/speedrun.py throughput --variant eps= \\
         --variant x0_snr=diffusion.parameterization=x0,diffusion.loss_weighting=snr_clamp
+    # score a checkpoint of a longer run (e.g. the next shipped model's) as a row
+    .venv/bin/python benchmarks/quality/speedrun.py evaluate --name qm9_v2 --checkpoint runs/qm9_v2/last.pt
     # table + plot of every row so far
     .venv/bin/python benchmarks/quality/speedrun.py report
 
@@ -150,6 +152,24 @@ def cmd_run(args: argparse.Namespace) -> None:
               f"mol {pct['mol_stability']}, valid {pct['validity']}, unique {pct['uniqueness']}", flush=True)
 
 
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    """Score a checkpoint of a longer run (e.g. the shipped model's run) as a row of the table."""
+    from moldiff.checkpoint import load_checkpoint
+
+    payload = load_checkpoint(args.checkpoint)
+    state = payload.get("state") or payload.get("info", {}).get("train_state", {})
+    config = ExperimentConfig.from_dict(payload["config"])
+    seen = int(state.get("step", 0)) * config.train.batch_size
+    row = {"name": args.name, "overrides": [f"checkpoint={args.checkpoint}"], "seed": args.seed,
+           "budget_passes": seen, "passes": seen, "epochs": round(seen / 100_000, 3),
+           "train_s": round(float(state.get("elapsed_s", float("nan"))), 1), "log_mol_per_s": None,
+           "val_nll_best": float(state.get("best_val_nll", float("inf"))), "config": args.checkpoint, **machine()}
+    row.update(evaluate_checkpoint(Path(args.checkpoint), args.num_samples, args.sampler, args.steps, args.seed))
+    append_row(row, Path(args.rows))
+    print(f"{args.name} @ {seen:,} passes: atom {100 * row['atom_stability']:.1f} %, mol "
+          f"{100 * row['mol_stability']:.1f} %, valid {100 * row['validity']:.1f} %", flush=True)
+
+
 def cmd_throughput(args: argparse.Namespace) -> None:
     """Training molecules/s per variant, alternating variants round by round on the same batches."""
     from moldiff.data.datasets import load_dataset
@@ -198,12 +218,12 @@ def cmd_throughput(args: argparse.Namespace) -> None:
         print(f"{k:<24} {v:8.1f} molecules/s (median of {args.rounds})")
 
 
-def load_rows() -> list[dict[str, Any]]:
-    """Rows of :data:`ROWS`, later duplicates (name, seed, budget) replacing earlier ones."""
-    if not ROWS.is_file():
+def load_rows(path: Path = ROWS) -> list[dict[str, Any]]:
+    """Rows of ``path``, later duplicates (name, seed, budget) replacing earlier ones."""
+    if not path.is_file():
         return []
     rows: dict[tuple, dict[str, Any]] = {}
-    for line in ROWS.read_text().splitlines():
+    for line in path.read_text().splitlines():
         if line.strip():
             r = json.loads(line)
             rows[(r["name"], r["seed"], r["budget_passes"])] = r
@@ -217,7 +237,9 @@ def cmd_report(args: argparse.Namespace) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = sorted(load_rows(), key=lambda r: (r["budget_passes"], r["name"], r["seed"]))
+    rows = sorted(load_rows(Path(args.rows)), key=lambda r: (r["budget_passes"], r["name"], r["seed"]))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     lines = ["| recipe | overrides | seed | passes | train min | atom stab. % | mol stab. % | valid % | "
              "valid & connected % | unique % | val NLL |", "|" + "---|" * 11]
     for r in rows:
@@ -226,7 +248,7 @@ def cmd_report(args: argparse.Namespace) -> None:
                      f"{r['train_s'] / 60:.1f} | {pct('atom_stability')} | {pct('mol_stability')} | "
                      f"{pct('validity')} | {pct('validity_connected')} | {pct('uniqueness')} | "
                      f"{r['val_nll_best']:.2f} |")
-    (RESULTS / "speedrun_cpu.md").write_text("\n".join(lines) + "\n")
+    (out / "speedrun_cpu.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     for ax, key, idx, title in zip(axes, ("atom_stability", "mol_stability", "validity"), range(3),
@@ -242,8 +264,9 @@ def cmd_report(args: argparse.Namespace) -> None:
     axes[0].legend(fontsize=7)
     fig.suptitle(f"CPU speedrun: {len(rows)} rows, 500 samples each (dpm2sde, 100 steps)")
     fig.tight_layout()
-    fig.savefig(RESULTS / "speedrun_cpu.png", dpi=100)
-    print(f"wrote {RESULTS / 'speedrun_cpu.md'} and {RESULTS / 'speedrun_cpu.png'}")
+    fig.savefig(out / "speedrun_cpu.png", dpi=100)
+    plt.close(fig)
+    print(f"wrote {out / 'speedrun_cpu.md'} and {out / 'speedrun_cpu.png'}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -270,11 +293,22 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--steps", type=int, default=20)
     t.add_argument("--rounds", type=int, default=3)
     t.add_argument("--threads", type=int, default=1)
-    sub.add_parser("report", help="table and plot of all rows")
+    e = sub.add_parser("evaluate", help="score a checkpoint of a longer run as a row")
+    e.add_argument("--name", required=True)
+    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--num-samples", type=int, default=1000)
+    e.add_argument("--sampler", default="dpm2sde")
+    e.add_argument("--steps", type=int, default=100)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--rows", default=str(ROWS))
+    rep = sub.add_parser("report", help="table and plot of all rows")
+    rep.add_argument("--rows", default=str(ROWS))
+    rep.add_argument("--out", default=str(RESULTS), help="folder for speedrun_cpu.md and speedrun_cpu.png")
     args = p.parse_args(argv)
     tune_cpu_allocator()
     try:
-        {"run": cmd_run, "throughput": cmd_throughput, "report": cmd_report}[args.cmd](args)
+        commands = {"run": cmd_run, "evaluate": cmd_evaluate, "throughput": cmd_throughput, "report": cmd_report}
+        commands[args.cmd](args)
     except ValueError as exc:
         print(f"speedrun: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
