@@ -159,7 +159,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     payload = load_checkpoint(args.checkpoint)
     state = payload.get("state") or payload.get("info", {}).get("train_state", {})
     config = ExperimentConfig.from_dict(payload["config"])
-    seen = int(state.get("step", 0)) * config.train.batch_size
+    seen = args.passes if args.passes is not None else int(state.get("step", 0)) * config.train.batch_size
     row = {"name": args.name, "overrides": [f"checkpoint={args.checkpoint}"], "seed": args.seed,
            "budget_passes": seen, "passes": seen, "epochs": round(seen / 100_000, 3),
            "train_s": round(float(state.get("elapsed_s", float("nan"))), 1), "log_mol_per_s": None,
@@ -296,6 +296,8 @@ def main(argv: list[str] | None = None) -> None:
     e = sub.add_parser("evaluate", help="score a checkpoint of a longer run as a row")
     e.add_argument("--name", required=True)
     e.add_argument("--checkpoint", required=True)
+    e.add_argument("--passes", type=int, help="molecule passes the weights have seen, when the checkpoint's step "
+                   "count does not tell (e.g. a run that changed batch size or world size)")
     e.add_argument("--num-samples", type=int, default=1000)
     e.add_argument("--sampler", default="dpm2sde")
     e.add_argument("--steps", type=int, default=100)
