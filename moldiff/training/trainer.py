@@ -335,15 +335,19 @@ def plot_log(log_csv: str | Path, out_png: str | Path) -> None:
     axes[0].set_xlabel("step")
     axes[0].legend()
     val = df.dropna(subset=["val_nll"]) if "val_nll" in df else df.iloc[0:0]
+    axes[1].set_xlabel("step")
     if len(val):
         axes[1].plot(val["step"], val["val_nll"], "o-", label="val NLL")
-        axes[1].set_xlabel("step")
         axes[1].legend(loc="upper left")
     if "mol_stability" in df and df["mol_stability"].notna().any():
-        ax2 = axes[1].twinx()
+        # quick check; models without a variational bound (categorical types) have no val NLL line
+        ax2 = axes[1].twinx() if len(val) else axes[1]
         s = df.dropna(subset=["mol_stability"])
         ax2.plot(s["step"], 100 * s["mol_stability"], "s--", color="C2", label="mol stable %")
-        ax2.legend(loc="upper right")
+        if "atom_stability" in s:
+            ax2.plot(s["step"], 100 * s["atom_stability"], "^-", color="C3", label="atom stable %")
+        ax2.set_ylabel("% (trainer's quick check)")
+        ax2.legend(loc="upper right" if len(val) else "center right")
     fig.tight_layout()
     tmp = Path(out_png).with_suffix(".tmp.png")
     try:
