@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from moldiff.argtypes import nonneg_int, positive_int
 from moldiff.constants import MAX_SEED  # the one seed limit (SamplingConfig checks the same)
 from moldiff.runtime import tune_cpu_allocator
 
@@ -30,24 +31,8 @@ class CLIError(ValueError):
     """Bad user input detected by the command line layer."""
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
-
-
-def _nonneg_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
-    return v
+_positive_int = positive_int
+_nonneg_int = nonneg_int
 
 
 #: Largest ``--num``: more is a typo, not a run (each molecule is sampled and kept in memory).

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ANY = "*"  # may import every component except cli
-LEAVES = frozenset({"constants", "config", "types", "geometry", "io", "runtime"})
+LEAVES = frozenset({"constants", "config", "types", "geometry", "io", "runtime", "argtypes"})
 
 #: component -> components it may import.  ``__init__`` is the root package (the public API).
 ALLOWED: dict[str, frozenset[str] | str] = {
@@ -27,8 +27,9 @@ ALLOWED: dict[str, frozenset[str] | str] = {
     "geometry": LEAVES,
     "io": LEAVES,
     "runtime": LEAVES,
+    "argtypes": LEAVES,
     "checkpoint": LEAVES,  # checkpoint files (plain data + tensors): read by inference and training alike
-    "data": frozenset({"constants", "config", "geometry", "io", "types"}),
+    "data": frozenset({"constants", "config", "geometry", "io", "types", "argtypes"}),
     "nn": frozenset({"types", "geometry"}),
     "diffusion": frozenset({"types", "geometry"}),
     "sampling": frozenset({"diffusion", "types", "geometry", "constants"}),

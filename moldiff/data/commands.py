@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from moldiff.argtypes import positive_int
 from moldiff.data.conformers import DRUG_ELEMENTS, MOSES_SETS
 
 _BUILD_HELP = """\
@@ -24,14 +25,7 @@ Pickles can execute code when loaded: only read files from a source you trust.
 """
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
+_positive_int = positive_int
 
 
 def add_build_parsers(dsub: argparse._SubParsersAction) -> None:
