@@ -189,6 +189,25 @@ def make_denoiser() -> Callable[..., EGNNDenoiser]:
     return make_tiny_denoiser
 
 
+def fit_to_batch(proc: EquivariantDiffusion, mol: MolBatch, steps: int, lr: float = 3e-3,
+                 seed: int = 0) -> EquivariantDiffusion:
+    """``steps`` Adam steps of the training loss on one fixed batch (the tiny overfit tests); returns ``proc``."""
+    opt = torch.optim.Adam(proc.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    proc.train()
+    for _ in range(steps):
+        opt.zero_grad()
+        proc.loss(mol, generator=gen).loss.mean().backward()
+        opt.step()
+    return proc
+
+
+@pytest.fixture
+def fit_batch() -> Callable[..., EquivariantDiffusion]:
+    """Factory fixture: :func:`fit_to_batch`."""
+    return fit_to_batch
+
+
 @pytest.fixture
 def make_process() -> Callable[..., EquivariantDiffusion]:
     """Factory fixture: :func:`make_tiny_process`."""

@@ -118,7 +118,7 @@ def test_guidance_is_refused_with_categorical_types():
         Sampler(proc).sample([3], steps=2, eps_fn=lambda zp, zh, t: (zp, zh))
 
 
-def test_overfit_one_composition(make_batch):
+def test_overfit_one_composition(make_batch, fit_batch):
     """Trained on one 5-atom molecule, the categorical model regenerates its composition."""
     torch.set_num_threads(1)
     proc = categorical_process(hidden_nf=32, n_layers=2, timesteps=100, seed=1)
@@ -126,14 +126,7 @@ def test_overfit_one_composition(make_batch):
     types = torch.tensor([1, 0, 0, 3, 0] * 8)  # C H H O H, repeated
     mol = replace(mol, one_hot=torch.nn.functional.one_hot(types, K).float(), atomic_numbers=mol.atomic_numbers[:, :0],
                   pos=remove_mean(mol.pos[:5].repeat(8, 1), mol.batch, 8))
-    opt = torch.optim.Adam(proc.parameters(), lr=3e-3)
-    gen = torch.Generator().manual_seed(0)
-    proc.train()
-    for _ in range(250):
-        opt.zero_grad()
-        proc.loss(mol, generator=gen).loss.mean().backward()
-        opt.step()
-    proc.eval()
+    fit_batch(proc, mol, steps=250, lr=3e-3, seed=0).eval()
     out = Sampler(proc).sample([5] * 16, steps=50, seed=0, method="dpm2sde")
     hits = sum(sorted(t.tolist()) == [0, 0, 0, 1, 3] for t, _ in out.split())
     assert hits >= 12, hits

@@ -126,7 +126,7 @@ def test_x0_loss_is_e3_invariant_with_rotated_noise(x0_process, make_batch):
                        irreps_in=["cartesian_points", "1o"], irreps_out=[None], tolerance=1e-9)
 
 
-def test_x0_model_overfits_a_tiny_batch(make_batch, make_process):
+def test_x0_model_overfits_a_tiny_batch(make_batch, make_process, fit_batch):
     """The x0-parameterized model learns: its clean-molecule error at fixed probes falls 5x on one batch."""
     proc = make_process(hidden_nf=32, n_layers=2, timesteps=100)
     proc.parameterization = Parameterization("x0")
@@ -151,13 +151,7 @@ def test_x0_model_overfits_a_tiny_batch(make_batch, make_process):
         return sum(errs) / len(errs)
 
     before = x0_error()
-    opt = torch.optim.Adam(proc.parameters(), lr=3e-3)
-    proc.train()
-    train_gen = torch.Generator().manual_seed(1)
-    for _ in range(300):
-        opt.zero_grad()
-        proc.loss(mol, generator=train_gen).loss.mean().backward()
-        opt.step()
+    fit_batch(proc, mol, steps=300, lr=3e-3, seed=1)
     after = x0_error()
     assert after < before / 5, (before, after)
 

@@ -270,7 +270,7 @@ def test_invalid_loss_type_and_norm_values(make_denoiser):
 
 
 # ---------------------------------------------------------------------------- learning signal
-def test_loss_falls_when_overfitting_tiny_batch(make_batch, make_process):
+def test_loss_falls_when_overfitting_tiny_batch(make_batch, make_process, fit_batch):
     """~100 Adam steps on one fixed batch must lower the loss measured at fixed (t, noise) draws."""
     proc = make_process(hidden_nf=32, n_layers=2, timesteps=100)
     mol = make_batch((3, 4, 5), center=True)
@@ -288,11 +288,6 @@ def test_loss_falls_when_overfitting_tiny_batch(make_batch, make_process):
 
     proc.train()
     before = probe_loss()
-    opt = torch.optim.Adam(proc.parameters(), lr=2e-3)
-    train_gen = torch.Generator().manual_seed(1)
-    for _ in range(100):
-        opt.zero_grad()
-        proc.loss(mol, generator=train_gen).loss.mean().backward()
-        opt.step()
+    fit_batch(proc, mol, steps=100, lr=2e-3, seed=1)
     after = probe_loss()
     assert after < 0.7 * before, (before, after)

@@ -96,7 +96,7 @@ def test_training_uses_the_detached_estimate_on_half_of_the_batches(make_batch):
     assert torch.isfinite(loss)
 
 
-def test_selectable_by_config_and_overfits(make_batch):
+def test_selectable_by_config_and_overfits(make_batch, fit_batch):
     cfg = ExperimentConfig.from_dict({"model": {"hidden_nf": 32, "n_layers": 2, "self_condition": True},
                                       "diffusion": {"timesteps": 100, "parameterization": "x0",
                                                     "loss_weighting": "snr_clamp"}})
@@ -113,13 +113,7 @@ def test_selectable_by_config_and_overfits(make_batch):
             return sum(float(proc.loss(mol, t_int=t, noise=n).loss.mean()) for t, n in probe)
 
     before = probe_loss()
-    opt = torch.optim.Adam(proc.parameters(), lr=3e-3)
-    gen = torch.Generator().manual_seed(0)
-    proc.train()
-    for _ in range(300):
-        opt.zero_grad()
-        proc.loss(mol, generator=gen).loss.mean().backward()
-        opt.step()
+    fit_batch(proc, mol, steps=300, lr=3e-3, seed=0)
     assert probe_loss() < before / 3
 
 
