@@ -153,7 +153,7 @@ class EquivariantDiffusion(nn.Module):
         if self.parameterization.name == "eps":
             return out
         alpha, sigma = self._alpha_sigma_atoms(t, batch)
-        if self.type_process is not None:  # the feature output holds type logits: only positions convert
+        if self.categorical_types:  # the feature output holds type logits: only positions convert
             return self.parameterization.to_eps((out[0], h), (pos, h), alpha, sigma)[0], out[1]
         return self.parameterization.to_eps(out, (pos, h), alpha, sigma)
 
@@ -173,7 +173,7 @@ class EquivariantDiffusion(nn.Module):
         """Clean estimate from a :meth:`denoise` output (types: softmax of the logits when categorical)."""
         alpha, sigma = self._alpha_sigma_atoms(t, batch)
         x0_pos = (pos - sigma * eps[0]) / alpha
-        if self.type_process is not None:
+        if self.categorical_types:
             return x0_pos, torch.softmax(eps[1], dim=1) / self.norm_values[1]
         return x0_pos, (h - sigma * eps[1]) / alpha
 
@@ -284,7 +284,7 @@ class EquivariantDiffusion(nn.Module):
         s = (t_int - 1).clamp(min=0).to(pos.dtype) / T
         gamma_t, gamma_s = self.schedule.gamma(t), self.schedule.gamma(s)
         eps_pos, eps_h = noise if noise is not None else self.sample_noise(batch, B, pos.dtype, generator)
-        if self.type_process is not None:
+        if self.categorical_types:
             return self._categorical_loss(mol, pos, eps_pos, t, gamma_t, t_int, generator)
         z_pos, z_h = self.q_sample(pos, h, gamma_t, batch, eps_pos, eps_h)
         if not self.weighting.on_eps:
@@ -355,7 +355,7 @@ class EquivariantDiffusion(nn.Module):
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Categorical types: ``x_s ~ p(x_s | x_t)`` from the network's clean-type logits (one-hot ``[N, K]``)."""
-        if self.type_process is None:
+        if not self.categorical_types:
             raise ValueError("reverse_types needs a categorical type process")
         return self.type_process.reverse_sample(x_t, logits, t[batch], s[batch], generator=generator).to(logits.dtype)
 
@@ -369,7 +369,7 @@ class EquivariantDiffusion(nn.Module):
         """
         pos, h = self.normalize(mol)
         B, batch, T = mol.num_graphs, mol.batch, self.timesteps
-        if self.type_process is not None:  # no bound for the mixed continuous/discrete model (yet)
+        if self.categorical_types:  # no bound for the mixed continuous/discrete model (yet)
             return torch.full((B,), float("nan"), dtype=pos.dtype, device=pos.device)
         dev = pos.device
         t_int = torch.randint(1, T + 1, (B,), generator=generator).to(dev)
