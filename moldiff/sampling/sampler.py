@@ -127,7 +127,7 @@ class Sampler:
             self_cond[0] = proc.x0_from_eps(zp, zh, eps, t, batch)
             return eps
 
-        categorical = getattr(proc, "type_process", None) is not None
+        categorical = getattr(proc, "categorical_types", False)
         if categorical and eps_fn is not None:
             raise ValueError("guidance / eps_fn is not supported with categorical atom types")
         norm_h = proc.norm_values[1]
