@@ -377,8 +377,8 @@ def _sample_to_file(args: argparse.Namespace, model: MolDiff, fmt: str, target: 
         batches = model.iter_samples(
             args.num, num_atoms=args.num_atoms, progress=shard.is_main, target=target, guidance=args.guidance,
             device=device, rank=shard.rank, world_size=shard.world_size,
-            allow_extrapolation=args.allow_extrapolation, config=config,
-        )  # arguments are checked here, before any sampling
+            allow_extrapolation=args.allow_extrapolation, config=config, with_bonds=True,
+        )  # arguments are checked here, before any sampling; (symbols, pos, bonds or None) per molecule
         ordered = gather_in_order(batches, shard)
         if not shard.is_main:
             for _ in ordered:  # take part in every gather round; rank 0 writes
@@ -390,10 +390,13 @@ def _sample_to_file(args: argparse.Namespace, model: MolDiff, fmt: str, target: 
         with molecule_writer(args.out, fmt) as write:
             for batch in ordered:
                 if args.evaluate:
-                    molecules.extend(batch)
+                    molecules.extend(_sampled_records(batch))
+                bonds = [b for _, _, b in batch]
+                batch = [(sym, pos) for sym, pos, _ in batch]
                 if args.relax:
-                    batch = _relax_batch(batch, args.relax, relaxed)
-                write(batch if fmt == "xyz" else [to_rdkit(sym, pos) for sym, pos in batch])
+                    batch = _relax_batch(batch, args.relax, relaxed, bonds)
+                write(batch if fmt == "xyz" else [to_rdkit(sym, pos, b) for (sym, pos), b in zip(batch, bonds,
+                                                                                                    strict=True)])
             total = write.written
     for w in caught:
         print(f"moldiff: warning: {w.message}", file=sys.stderr)
@@ -483,20 +486,35 @@ def _sample_inpaint(args: argparse.Namespace, model: MolDiff, fmt: str, device: 
     return 0
 
 
-def _relax_batch(batch: list, method: str, relaxed: list) -> list:
+def _relax_batch(batch: list, method: str, relaxed: list, bonds: list | None = None) -> list:
     """Relax sampled ``(symbols, pos)`` molecules; appends ``(molecule, RelaxResult)`` to ``relaxed``.
 
-    Bonds for MMFF come from EDM's distance rule on the sampled geometry; the written molecules get
-    their bonds re-perceived from the relaxed geometry. Molecules that fail stay as sampled.
+    Bonds for MMFF are the model's own (``bonds``, one list or ``None`` per molecule) where it has
+    a bond channel, else from EDM's distance rule on the sampled geometry; written molecules without
+    model bonds get theirs re-perceived from the relaxed geometry. Molecules that fail stay as sampled.
     """
     from moldiff.pipeline import to_rdkit
     from moldiff.relax import relax_molecules
 
-    results = relax_molecules([to_rdkit(sym, pos) for sym, pos in batch], method)
+    bonds = bonds or [None] * len(batch)
+    results = relax_molecules([to_rdkit(sym, pos, b) for (sym, pos), b in zip(batch, bonds, strict=True)], method)
     out = [(sym, r.mol.GetConformer().GetPositions() if r.ok else pos)
            for (sym, pos), r in zip(batch, results, strict=True)]
     relaxed.extend(zip(out, results, strict=True))
     return out
+
+
+def _sampled_records(batch: list) -> list:
+    """Sampled ``(symbols, pos, bonds)`` as evaluation input: ``Molecule`` records carrying the model's bonds.
+
+    Molecules of a model without a bond channel stay ``(symbols, pos)`` pairs (bonds by EDM's rule).
+    """
+    from moldiff.constants import BOND_ORDERS
+    from moldiff.io import Molecule
+
+    return [(sym, pos) if b is None else
+            Molecule(name="", symbols=sym, pos=pos, bonds=[(i, j, BOND_ORDERS[c]) for i, j, c in b])
+            for sym, pos, b in batch]
 
 
 # ============================================================================ evaluate

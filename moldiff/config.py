@@ -125,6 +125,11 @@ class DiffusionConfig:
         atom_types: ``"gaussian"`` (EDM: one-hot diffused with the positions) or ``"categorical"``
             (discrete labels with marginal transitions, cross-entropy; needs ``include_charges: false``).
         type_loss_weight: weight of the type cross-entropy against the position error (categorical).
+        bonds: ``"none"`` (bonds are inferred from the coordinates after sampling) or
+            ``"categorical"``: every atom pair carries a bond class (none / single / double / triple /
+            aromatic) diffused with the molecule and predicted by an edge head (needs
+            ``atom_types: categorical`` and a dataset with bonds).
+        bond_loss_weight: weight of the per-pair mean bond cross-entropy (``bonds: categorical``).
     """
 
     timesteps: int = 1000
@@ -138,6 +143,8 @@ class DiffusionConfig:
     snr_clamp: tuple[float, float] = (0.05, 1.5)
     atom_types: str = "gaussian"
     type_loss_weight: float = 0.4
+    bonds: str = "none"
+    bond_loss_weight: float = 2.0
 
     def __post_init__(self) -> None:
         _check_positive("diffusion.timesteps", self.timesteps)
@@ -149,6 +156,10 @@ class DiffusionConfig:
         object.__setattr__(self, "snr_clamp", tuple(float(v) for v in self.snr_clamp))
         _check_choice("diffusion.atom_types", self.atom_types, ("gaussian", "categorical"))
         _check_positive("diffusion.type_loss_weight", self.type_loss_weight)
+        _check_choice("diffusion.bonds", self.bonds, ("none", "categorical"))
+        _check_positive("diffusion.bond_loss_weight", self.bond_loss_weight)
+        if self.bonds == "categorical" and self.atom_types != "categorical":
+            raise ValueError("diffusion.bonds 'categorical' needs diffusion.atom_types: categorical")
         if self.atom_types == "categorical" and self.include_charges:
             raise ValueError("diffusion.atom_types 'categorical' needs diffusion.include_charges: false "
                              "(the atomic-number channel would duplicate the type)")

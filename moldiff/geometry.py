@@ -102,3 +102,75 @@ def num_atoms_per_graph(batch: torch.Tensor, num_graphs: int | None = None) -> t
     if num_graphs is None:
         num_graphs = int(batch.max()) + 1 if batch.numel() else 0
     return torch.bincount(batch, minlength=num_graphs)
+
+
+# --------------------------------------------------------------------------- atom pairs (bond channel)
+def molecule_pairs(batch: torch.Tensor) -> torch.Tensor:
+    """Every unordered pair ``(i, j), i < j`` of atoms in the same molecule, in row-major order.
+
+    The edge set of a bond channel: each pair carries one bond class (``0`` = no bond). The order is
+    that of :func:`moldiff.nn.denoiser.fully_connected_edges` restricted to ``i < j`` (sorted by
+    ``i``, then ``j``), so pair keys ``i * N + j`` are strictly increasing.
+
+    Args:
+        batch: ``[N]`` sorted molecule index of every atom.
+
+    Returns:
+        ``[2, P]`` long, ``P = sum_b n_b (n_b - 1) / 2``.
+
+    >>> molecule_pairs(torch.tensor([0, 0, 0, 1, 1])).tolist()
+    [[0, 0, 1, 3], [1, 2, 2, 4]]
+    """
+    n = batch.shape[0]
+    if n == 0:
+        return torch.zeros(2, 0, dtype=torch.long, device=batch.device)
+    counts = torch.bincount(batch)
+    first = torch.cumsum(counts, 0) - counts  # first atom of every molecule
+    after = first[batch] + counts[batch] - 1 - torch.arange(n, device=batch.device)  # atoms after me
+    row = torch.repeat_interleave(torch.arange(n, device=batch.device), after)
+    start = torch.cumsum(after, 0) - after
+    offset = torch.arange(row.shape[0], device=batch.device) - torch.repeat_interleave(start, after)
+    return torch.stack([row, row + 1 + offset])
+
+
+def pair_lookup(pairs: torch.Tensor, index: torch.Tensor, num_atoms: int) -> torch.Tensor:
+    """Position in ``pairs`` (:func:`molecule_pairs`) of every atom pair in ``index [2, E]``, either order.
+
+    Used to give every directed edge ``(i, j)`` and ``(j, i)`` the label of its unordered pair, and
+    to place a molecule's bonds among its pairs. Raises ``ValueError`` for a pair that is not in
+    ``pairs`` (atoms of different molecules, or ``i == j``).
+
+    >>> p = molecule_pairs(torch.tensor([0, 0, 0]))
+    >>> pair_lookup(p, torch.tensor([[2, 0], [1, 1]]), 3).tolist()
+    [2, 0]
+    """
+    keys = pairs[0] * num_atoms + pairs[1]
+    lo, hi = torch.minimum(index[0], index[1]), torch.maximum(index[0], index[1])
+    query = lo * num_atoms + hi
+    pos = torch.searchsorted(keys, query).clamp_(max=max(keys.shape[0] - 1, 0))
+    if keys.numel() == 0 and query.numel():
+        raise ValueError("atom pairs given, but the batch has no pairs")
+    if query.numel() and not bool((keys[pos] == query).all()):
+        raise ValueError("an atom pair is not a pair of distinct atoms of one molecule")
+    return pos
+
+
+def pair_classes(
+    pairs: torch.Tensor, bond_index: torch.Tensor | None, bond_type: torch.Tensor | None, num_atoms: int,
+) -> torch.Tensor:
+    """``[P]`` long bond class of every pair: the bond-type code, ``0`` where there is no bond.
+
+    Args:
+        pairs: ``[2, P]`` from :func:`molecule_pairs`.
+        bond_index: ``[2, E]`` bonds (global atom indices, any order) or ``None`` (no bonds).
+        bond_type: ``[E]`` codes ``1..4`` (``moldiff.constants.BOND_ORDERS``).
+        num_atoms: ``N``.
+
+    >>> p = molecule_pairs(torch.tensor([0, 0, 0]))
+    >>> pair_classes(p, torch.tensor([[0], [2]]), torch.tensor([2]), 3).tolist()
+    [0, 2, 0]
+    """
+    out = torch.zeros(pairs.shape[1], dtype=torch.long, device=pairs.device)
+    if bond_index is not None and bond_index.numel():
+        out[pair_lookup(pairs, bond_index.to(pairs.device), num_atoms)] = bond_type.to(pairs.device).long()
+    return out

@@ -101,8 +101,8 @@ class MolDiff:
         progress: bool = False, context: torch.Tensor | None = None, eps_fn: Any = None,
         target: dict[str, float] | None = None, guidance: float | None = None, eta: float = 0.0,
         device: str | torch.device | None = None, rank: int = 0, world_size: int = 1,
-        allow_extrapolation: bool = False, *, config: SamplingConfig | None = None,
-    ) -> Iterator[tuple[int, list[tuple[list[str], np.ndarray]]]]:
+        allow_extrapolation: bool = False, *, config: SamplingConfig | None = None, with_bonds: bool = False,
+    ) -> Iterator[tuple[int, list[tuple]]]:
         """Sample ``num`` molecules batch by batch: an iterator of ``(k, molecules)`` for batch ``k``, in order.
 
         Arguments are checked (``ValueError``) when this is called, before any sampling.
@@ -115,6 +115,9 @@ class MolDiff:
         :func:`moldiff.sampling.sampler.auto_batch_budget`), at most ``batch_size`` molecules each.
         ``allow_extrapolation`` accepts targets outside the training range (refused otherwise).
         ``progress`` shows one bar over all denoising steps of this rank's batches.
+        ``with_bonds`` yields ``(symbols, pos, bonds)`` triples instead of pairs: ``bonds`` is the
+        model's own ``[(i, j, code), ...]`` (codes of ``moldiff.constants.BOND_ORDERS``) for a model
+        with a bond channel (:attr:`has_bonds`), ``None`` for the others.
 
         ``config`` gives method, steps, eta, seed and batch budgets as one
         :class:`~moldiff.sampling.config.SamplingConfig` (the CLI's way in); without it one is built
@@ -155,6 +158,10 @@ class MolDiff:
         batches = iter_batches(Sampler(self.process), counts, config, context=context, eps_fn=eps_fn,
                                eps_fn_for=eps_fn_for, rank=rank, world_size=world_size, progress=progress,
                                device=device)
+        if with_bonds:
+            return ((k, [([elements[i] for i in t.tolist()], p.double().numpy(), b)
+                         for (t, p), b in zip(out.split(), _bonds_or_none(out), strict=True)])
+                    for k, _, out in batches)
         return ((k, [([elements[i] for i in t.tolist()], p.double().numpy()) for t, p in out.split()])
                 for k, _, out in batches)
 
@@ -176,12 +183,35 @@ class MolDiff:
         return [m for _, batch in self.iter_samples(num, steps=steps, seed=seed, **kwargs) for m in batch]
 
     def sample(self, num: int, steps: int | None = None, seed: int | None = 0, **kwargs: Any) -> list:
-        """Sample ``num`` molecules as RDKit ``Mol`` objects with 3D conformers and EDM-inferred bonds."""
-        return [to_rdkit(symbols, pos) for symbols, pos in self.sample_raw(num, steps=steps, seed=seed, **kwargs)]
+        """Sample ``num`` molecules as RDKit ``Mol`` objects with 3D conformers.
+
+        Bonds are the model's own for a model with a bond channel (:attr:`has_bonds`), else inferred
+        with EDM's distance tables.
+        """
+        return [to_rdkit(*m) for _, batch in self.iter_samples(num, steps=steps, seed=seed, with_bonds=True,
+                                                               **kwargs) for m in batch]
+
+    @property
+    def has_bonds(self) -> bool:
+        """Whether the model generates bonds itself (a categorical bond channel)."""
+        return bool(getattr(self.process, "has_bonds", False))
 
 
-def to_rdkit(symbols: list[str], pos: np.ndarray) -> Any:
-    """RDKit ``Mol`` with a 3D conformer and bonds inferred with EDM's distance tables (unsanitised)."""
+def _bonds_or_none(out: Any) -> list:
+    return out.split_bonds() if out.has_bonds else [None] * out.num_graphs
+
+
+def to_rdkit(symbols: list[str], pos: np.ndarray, bonds: list[tuple[int, int, int]] | None = None) -> Any:
+    """RDKit ``Mol`` with a 3D conformer.
+
+    With ``bonds`` (``(i, j, code)``, a bond-channel model's own) the molecule has exactly those bonds
+    (:func:`moldiff.io.bonded_mol`, sanitised when RDKit accepts it); without, bonds are inferred with
+    EDM's distance tables (unsanitised).
+    """
+    if bonds is not None:
+        from moldiff.io import bonded_mol
+
+        return bonded_mol(symbols, pos, bonds)
     from moldiff.evaluation.build import add_conformer, build_edm_mol
     from moldiff.evaluation.stability import bond_order_matrix
 

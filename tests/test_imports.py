@@ -34,7 +34,7 @@ ALLOWED: dict[str, frozenset[str] | str] = {
     "diffusion": frozenset({"types", "geometry"}),
     "sampling": frozenset({"diffusion", "types", "geometry", "constants"}),
     "evaluation": frozenset({"constants", "io"}),
-    "models": frozenset({"nn", "diffusion", "config", "types", "geometry", "conditioning"}),
+    "models": frozenset({"nn", "diffusion", "config", "types", "geometry", "conditioning", "constants"}),
     "training": frozenset(
         {
             "models",

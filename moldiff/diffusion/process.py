@@ -20,7 +20,7 @@ from torch import nn
 from moldiff.diffusion.categorical import CategoricalDiffusion
 from moldiff.diffusion.parameterization import LossWeighting, Parameterization
 from moldiff.diffusion.schedules import NoiseSchedule
-from moldiff.geometry import remove_mean, sample_zero_com_gaussian, scatter_sum
+from moldiff.geometry import molecule_pairs, pair_classes, remove_mean, sample_zero_com_gaussian, scatter_sum
 from moldiff.types import Denoiser, MolBatch
 
 _EPS = 1e-10
@@ -63,6 +63,15 @@ class EquivariantDiffusion(nn.Module):
             of the clean type, trained with cross-entropy. Needs ``include_charges=False``.
         type_loss_weight: weight of the per-atom type cross-entropy against the per-atom position
             error (EQGAT-diff's ratio 0.4 : 1 by default).
+        bond_process: ``None`` (no bonds: they are inferred from the coordinates afterwards) or a
+            :class:`~moldiff.diffusion.categorical.CategoricalDiffusion` over bond classes (0 = no
+            bond, then the codes of ``moldiff.constants.BOND_ORDERS``): every atom pair of a
+            molecule (:func:`moldiff.geometry.molecule_pairs`) carries one class, noised with the
+            same clock as the types; the denoiser reads the noisy classes and returns clean-bond
+            logits (EQGAT-diff / MiDi). Needs categorical atom types and training data with bonds.
+        bond_loss_weight: weight of the bond cross-entropy, averaged over a molecule's pairs
+            (EQGAT-diff weighs its per-edge mean bond loss 2.0 against a per-atom mean type loss
+            of 0.4; the same ratio as ``type_loss_weight`` by default).
 
     >>> from moldiff.nn.denoiser import EGNNDenoiser
     >>> proc = EquivariantDiffusion(EGNNDenoiser(6, hidden_nf=8, n_layers=1), NoiseSchedule(), 5)
@@ -75,6 +84,7 @@ class EquivariantDiffusion(nn.Module):
         norm_values: tuple[float, float, float] = (1.0, 4.0, 10.0), loss_type: str = "l2",
         parameterization: Parameterization | str = "eps", weighting: LossWeighting | None = None,
         type_process: CategoricalDiffusion | None = None, type_loss_weight: float = 0.4,
+        bond_process: CategoricalDiffusion | None = None, bond_loss_weight: float = 2.0,
     ) -> None:
         super().__init__()
         if loss_type not in ("l2", "vlb"):
@@ -96,6 +106,14 @@ class EquivariantDiffusion(nn.Module):
                 raise ValueError(f"type_process has {type_process.num_classes} classes, the model {num_classes}")
         self.type_process = type_process
         self.type_loss_weight = float(type_loss_weight)
+        if bond_process is not None and type_process is None:
+            raise ValueError("a bond channel needs categorical atom types (atom_types: categorical)")
+        net_bonds = int(getattr(getattr(denoiser, "module", denoiser), "bond_classes", 0))
+        if (bond_process.num_classes if bond_process is not None else 0) != net_bonds:
+            raise ValueError(f"the denoiser reads {net_bonds} bond classes, the bond process has "
+                             f"{0 if bond_process is None else bond_process.num_classes}")
+        self.bond_process = bond_process
+        self.bond_loss_weight = float(bond_loss_weight)
         self._check_norm_values()
 
     @property
@@ -107,6 +125,11 @@ class EquivariantDiffusion(nn.Module):
     def categorical_types(self) -> bool:
         """Whether atom types are diffused as discrete labels (see ``type_process``)."""
         return self.type_process is not None
+
+    @property
+    def has_bonds(self) -> bool:
+        """Whether bond classes of every atom pair are diffused with the molecule (see ``bond_process``)."""
+        return self.bond_process is not None
 
     @property
     def feature_dim(self) -> int:
@@ -135,26 +158,35 @@ class EquivariantDiffusion(nn.Module):
         return bool(getattr(net, "self_condition", False))
 
     def _net(self, pos: torch.Tensor, h: torch.Tensor, t: torch.Tensor, batch: torch.Tensor,
-             context: torch.Tensor | None, self_cond: tuple[torch.Tensor, torch.Tensor] | None) -> tuple:
+             context: torch.Tensor | None, self_cond: tuple[torch.Tensor, torch.Tensor] | None,
+             bonds: torch.Tensor | None = None) -> tuple:
+        kw = {}
         if self.self_conditioning:
-            return self.denoiser(pos, h, t, batch, context, self_cond=self_cond)
-        return self.denoiser(pos, h, t, batch, context)
+            kw["self_cond"] = self_cond
+        if self.has_bonds:
+            if bonds is None:
+                raise ValueError("this model has a bond channel: pass the current bond classes (bonds=)")
+            kw["bonds"] = bonds
+        return self.denoiser(pos, h, t, batch, context, **kw)
 
     def denoise(
         self, pos: torch.Tensor, h: torch.Tensor, t: torch.Tensor, batch: torch.Tensor,
         context: torch.Tensor | None = None, self_cond: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        bonds: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, ...]:
         """Call the denoiser: ``t [B]`` normalised time -> noise prediction ``(eps_pos, eps_h)``.
 
         With categorical atom types the second element is the clean-type logits. ``self_cond``: the
-        previous clean estimate (:meth:`x0_from_eps`) for a self-conditioned denoiser.
+        previous clean estimate (:meth:`x0_from_eps`) for a self-conditioned denoiser. With a bond
+        channel, ``bonds [P, K_b]`` are the current one-hot pair classes and the clean-bond logits
+        ``[P, K_b]`` come back third.
         """
-        out = self._net(pos, h, t, batch, context, self_cond)
+        out = self._net(pos, h, t, batch, context, self_cond, bonds)
         if self.parameterization.name == "eps":
             return out
         alpha, sigma = self._alpha_sigma_atoms(t, batch)
         if self.categorical_types:  # the feature output holds type logits: only positions convert
-            return self.parameterization.to_eps((out[0], h), (pos, h), alpha, sigma)[0], out[1]
+            return (self.parameterization.to_eps((out[0], h), (pos, h), alpha, sigma)[0], *out[1:])
         return self.parameterization.to_eps(out, (pos, h), alpha, sigma)
 
     def predict_x0(
@@ -179,13 +211,13 @@ class EquivariantDiffusion(nn.Module):
 
     def _train_self_cond(
         self, pos: torch.Tensor, h: torch.Tensor, t: torch.Tensor, batch: torch.Tensor, context: torch.Tensor | None,
-        generator: torch.Generator | None,
+        generator: torch.Generator | None, bonds: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Self-conditioning in training: half of the batches get the network's own (detached) estimate."""
         if not self.self_conditioning or float(torch.rand((), generator=generator)) < 0.5:
             return None
         with torch.no_grad():
-            eps = self.denoise(pos, h, t, batch, context)
+            eps = self.denoise(pos, h, t, batch, context, bonds=bonds)
             return tuple(x.detach() for x in self.x0_from_eps(pos, h, eps, t, batch))
 
     def _alpha_sigma_atoms(self, t: torch.Tensor, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -335,8 +367,18 @@ class EquivariantDiffusion(nn.Module):
         x0_types = mol.one_hot.to(pos.dtype)
         x_t = self.type_process.q_sample(x0_types, t[batch], generator=generator).to(pos.dtype)
         h_t = x_t / self.norm_values[1]
-        sc = self._train_self_cond(z_pos, h_t, t, batch, mol.context, generator)
-        out_pos, logits = self._net(z_pos, h_t, t, batch, mol.context, sc)
+        bonds_t = pairs = x0_bonds = None
+        if self.has_bonds:
+            if mol.bond_index is None:
+                raise ValueError("a model with a bond channel needs training data with bonds (an SDF or SMILES "
+                                 "dataset; QM9 from qm9pack stores none)")
+            pairs = molecule_pairs(batch)
+            classes = pair_classes(pairs, mol.bond_index, mol.bond_type, batch.shape[0])
+            x0_bonds = torch.nn.functional.one_hot(classes, self.bond_process.num_classes).to(pos.dtype)
+            bonds_t = self.bond_process.q_sample(x0_bonds, t[batch[pairs[0]]], generator=generator).to(pos.dtype)
+        sc = self._train_self_cond(z_pos, h_t, t, batch, mol.context, generator, bonds_t)
+        out = self._net(z_pos, h_t, t, batch, mol.context, sc, bonds_t)
+        out_pos, logits = out[0], out[1]
         max_n = int(torch.bincount(batch, minlength=B).max())
         if self.weighting.on_eps:
             eps_hat = self.parameterization.to_eps((out_pos, x_t), (z_pos, x_t), alpha, sigma)[0]
@@ -348,6 +390,11 @@ class EquivariantDiffusion(nn.Module):
             pos_loss = 0.5 * self.weighting.x0_weight(torch.exp(-gamma_t)) * err / max_n
         ce = scatter_sum(self.type_process.loss(logits, x0_types, t[batch]), batch, B)
         loss = pos_loss + self.type_loss_weight * ce / max_n
+        if self.has_bonds:
+            pair_mol = batch[pairs[0]]
+            bond_ce = scatter_sum(self.bond_process.loss(out[2], x0_bonds, t[pair_mol]), pair_mol, B)
+            n_pairs = torch.bincount(pair_mol, minlength=B).clamp(min=1).to(loss.dtype)
+            loss = loss + self.bond_loss_weight * bond_ce / n_pairs
         return LossOutput(loss=loss, error_t=err, kl_prior=torch.zeros_like(loss), t_int=t_int)
 
     def reverse_types(
@@ -358,6 +405,17 @@ class EquivariantDiffusion(nn.Module):
         if not self.categorical_types:
             raise ValueError("reverse_types needs a categorical type process")
         return self.type_process.reverse_sample(x_t, logits, t[batch], s[batch], generator=generator).to(logits.dtype)
+
+    def reverse_bonds(
+        self, b_t: torch.Tensor, logits: torch.Tensor, t: torch.Tensor, s: torch.Tensor, batch: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Bond channel: ``b_s ~ p(b_s | b_t)`` for every pair from the clean-bond logits (one-hot ``[P, K_b]``)."""
+        if not self.has_bonds:
+            raise ValueError("reverse_bonds needs a bond process")
+        pair_mol = batch[molecule_pairs(batch)[0]]
+        return self.bond_process.reverse_sample(b_t, logits, t[pair_mol], s[pair_mol],
+                                                generator=generator).to(logits.dtype)
 
     @torch.no_grad()
     def nll(self, mol: MolBatch, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -20,11 +20,14 @@ class ModelSpec:
         context_nf: number of conditioning properties (0: unconditional).
         type_prior: ``[K]`` training-set element frequencies (the limit of categorical atom types);
             ``None`` gives a uniform limit (a loaded checkpoint restores its own).
+        bond_prior: ``[K_b]`` training-set frequencies of the bond classes over all atom pairs (the
+            limit of a categorical bond channel; ``None``: uniform, or the checkpoint's own).
     """
 
     num_classes: int
     context_nf: int = 0
     type_prior: torch.Tensor | None = None
+    bond_prior: torch.Tensor | None = None
 
 
 Builder = Callable[[ExperimentConfig, ModelSpec], EquivariantDiffusion]
@@ -46,6 +49,7 @@ def register_model(kind: str) -> Callable[[Builder], Builder]:
 
 def build_model(
     config: ExperimentConfig, num_classes: int, context_nf: int = 0, type_prior: torch.Tensor | None = None,
+    bond_prior: torch.Tensor | None = None,
 ) -> EquivariantDiffusion:
     """Build the model of ``config.model.kind``; ``ValueError`` names the known kinds for an unknown one.
 
@@ -56,4 +60,4 @@ def build_model(
     kind = config.model.kind
     if kind not in MODEL_KINDS:
         raise ValueError(f"unknown model kind {kind!r}; known: {sorted(MODEL_KINDS)}")
-    return MODEL_KINDS[kind](config, ModelSpec(num_classes, context_nf, type_prior))
+    return MODEL_KINDS[kind](config, ModelSpec(num_classes, context_nf, type_prior, bond_prior))

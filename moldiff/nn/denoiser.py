@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
-from moldiff.geometry import remove_mean
+from moldiff.geometry import molecule_pairs, pair_lookup, remove_mean
 from moldiff.nn.egnn import EGNN, no_autocast
 
 #: Precision modes of :class:`EGNNDenoiser` -> autocast dtype (``None``: no autocast).
@@ -64,6 +66,12 @@ class EGNNDenoiser(nn.Module):
             (Chen et al., 2023; as in SemlaFlow / FlowMol): its features are extra node inputs and
             its squared interatomic distances an extra edge feature, so the network stays
             E(3)-equivariant. ``None`` (no estimate yet) is read as zeros.
+        bond_classes: ``K_b > 0`` adds a bond channel (EQGAT-diff / MiDi style): ``forward`` then
+            takes ``bonds [P, K_b]``, the (noisy) one-hot bond class of every atom pair of
+            :func:`moldiff.geometry.molecule_pairs` (class 0: no bond). The classes are an extra
+            feature of both directed edges of a pair in every layer, and an edge head reads
+            ``[h_i + h_j, |x_i - x_j|^2, bonds_ij]`` (final features and positions; symmetric in
+            ``i, j`` and E(3)-invariant) into ``[P, K_b]`` clean-bond logits, returned third.
 
     Shapes:
         pos ``[N, 3]``, h ``[N, in_node_nf]``, t ``[B]`` or ``[B, 1]``, batch ``[N]``,
@@ -74,18 +82,25 @@ class EGNNDenoiser(nn.Module):
         self, in_node_nf: int, context_nf: int = 0, hidden_nf: int = 256, n_layers: int = 9,
         attention: bool = True, tanh: bool = True, coords_range: float = 15.0, norm_constant: float = 1.0,
         normalization_factor: float = 1.0, node_projection: bool = True, precision: str = "fp32",
-        self_condition: bool = False,
+        self_condition: bool = False, bond_classes: int = 0,
     ) -> None:
         super().__init__()
         self.in_node_nf = in_node_nf
         self.context_nf = context_nf
         self.precision = precision
         self.self_condition = bool(self_condition)
+        self.bond_classes = int(bond_classes)
         self.egnn = EGNN(
             in_node_nf + 1 + context_nf + (in_node_nf if self_condition else 0), hidden_nf, n_layers, attention,
             tanh, coords_range, norm_constant, normalization_factor, node_projection,
-            extra_edge_nf=1 if self_condition else 0,
+            extra_edge_nf=(1 if self_condition else 0) + self.bond_classes,
         )
+        self.bond_head = None
+        if self.bond_classes:
+            self.bond_head = nn.Sequential(
+                nn.Linear(hidden_nf + 1 + self.bond_classes, hidden_nf), nn.SiLU(),
+                nn.Linear(hidden_nf, self.bond_classes),
+            )
 
     @property
     def precision(self) -> str:
@@ -105,8 +120,9 @@ class EGNNDenoiser(nn.Module):
     def forward(
         self, pos: torch.Tensor, h: torch.Tensor, t: torch.Tensor, batch: torch.Tensor,
         context: torch.Tensor | None = None, self_cond: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Apply the layer; shapes as in the class docstring."""
+        bonds: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, ...]:
+        """Apply the layer; shapes as in the class docstring (with a bond channel, see ``bond_classes``)."""
         num_graphs = t.shape[0]
         feats = [h, t.reshape(num_graphs, 1).to(h.dtype)[batch]]
         if self.context_nf:
@@ -123,12 +139,26 @@ class EGNNDenoiser(nn.Module):
                 feats.append(self_cond[1].to(h.dtype))
                 row, col = edge_index
                 edge_extra = ((self_cond[0][row] - self_cond[0][col]) ** 2).sum(1, keepdim=True).to(pos.dtype)
+        pairs = None
+        if self.bond_classes:
+            pairs = molecule_pairs(batch)
+            if bonds is None or bonds.shape != (pairs.shape[1], self.bond_classes):
+                raise ValueError(f"this denoiser needs bonds of shape [{pairs.shape[1]}, {self.bond_classes}] "
+                                 "(one row per atom pair)")
+            bonds = bonds.to(pos.dtype)
+            edge_bonds = bonds[pair_lookup(pairs, edge_index, batch.shape[0])]
+            edge_extra = edge_bonds if edge_extra is None else torch.cat([edge_extra, edge_bonds], dim=1)
         amp_dtype = PRECISIONS[self.precision]
-        if amp_dtype is None:
-            h_out, pos_out = self.egnn(torch.cat(feats, dim=1), pos, edge_index, edge_extra)
-        else:
-            with torch.autocast(device_type=pos.device.type, dtype=amp_dtype):
-                h_out, pos_out = self.egnn(torch.cat(feats, dim=1), pos, edge_index, edge_extra)
+        with contextlib.nullcontext() if amp_dtype is None else torch.autocast(pos.device.type, dtype=amp_dtype):
+            h_out, pos_out, hidden = self.egnn(torch.cat(feats, dim=1), pos, edge_index, edge_extra,
+                                               return_hidden=True)
+            bond_logits = None
+            if self.bond_head is not None:
+                i, j = pairs
+                with no_autocast(pos):
+                    d2 = ((pos_out[i] - pos_out[j]) ** 2).sum(1, keepdim=True)
+                bond_logits = self.bond_head(torch.cat([hidden[i] + hidden[j], d2.to(hidden.dtype),
+                                                        bonds.to(hidden.dtype)], dim=1)).to(pos.dtype)
         eps_h = h_out[:, : self.in_node_nf].to(h.dtype)
         with no_autocast(pos):
             eps_pos = remove_mean(pos_out.to(pos.dtype) - pos, batch, num_graphs)
@@ -137,4 +167,6 @@ class EGNNDenoiser(nn.Module):
             # molecule cannot poison a whole sampling batch.
             eps_pos = torch.nan_to_num(eps_pos, nan=0.0, posinf=0.0, neginf=0.0)
             eps_h = torch.nan_to_num(eps_h, nan=0.0, posinf=0.0, neginf=0.0)
+        if bond_logits is not None:
+            return eps_pos, eps_h, torch.nan_to_num(bond_logits, nan=0.0, posinf=0.0, neginf=0.0)
         return eps_pos, eps_h

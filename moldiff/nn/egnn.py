@@ -221,11 +221,13 @@ class EGNN(nn.Module):
 
     def forward(
         self, h: torch.Tensor, pos: torch.Tensor, edge_index: torch.Tensor, edge_extra: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return_hidden: bool = False,
+    ) -> tuple[torch.Tensor, ...]:
         """Apply the layer; shapes as in the class docstring.
 
         ``edge_extra [E, extra_edge_nf]``: more invariant edge features, appended to the input
-        distances in every block.
+        distances in every block. ``return_hidden``: also return the last hidden features
+        ``[N, hidden_nf]`` (before the output embedding), e.g. for an edge read-out head.
         """
         row, col = edge_index
         with no_autocast(pos):
@@ -237,4 +239,6 @@ class EGNN(nn.Module):
         h = self.embedding(h)
         for block in self.blocks:
             h, pos = block(h, pos, edge_index, d2_init)
+        if return_hidden:
+            return self.embedding_out(h), pos, h
         return self.embedding_out(h), pos

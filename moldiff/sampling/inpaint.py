@@ -452,6 +452,8 @@ def inpaint(
     """
     if method not in SAMPLERS:
         raise ValueError(f"unknown sampler {method!r}; allowed: {list(SAMPLERS)}")
+    if getattr(process, "has_bonds", False):
+        raise ValueError("fixed-fragment sampling (--fix / --grow) does not support models with a bond channel yet")
     if int(resample) < 1:
         raise ValueError(f"resample must be >= 1, got {resample}")
     if int(jump) < 1:

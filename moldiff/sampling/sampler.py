@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from moldiff.diffusion.process import EquivariantDiffusion
-from moldiff.geometry import remove_mean, sample_zero_com_gaussian
+from moldiff.geometry import molecule_pairs, remove_mean, sample_zero_com_gaussian
 from moldiff.sampling import batching
 from moldiff.sampling.batching import (  # noqa: F401  (re-exported: inpainting, benchmarks and tests use them here)
     DEFAULT_MAX_ATOMS_PER_BATCH,
@@ -117,13 +117,16 @@ class Sampler:
             context = context.to(device=device, dtype=dtype)
 
         self_cond: list = [None]  # a self-conditioned denoiser reads its previous clean estimate
+        has_bonds = getattr(proc, "has_bonds", False)
+        bonds_now: list[torch.Tensor] = []  # bond channel: current one-hot class of every atom pair
 
-        def eps_at(zp: torch.Tensor, zh: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        def eps_at(zp: torch.Tensor, zh: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, ...]:
             if eps_fn is not None:
                 return eps_fn(zp, zh, t)
+            kw = {"bonds": bonds_now[0]} if has_bonds else {}
             if not getattr(proc, "self_conditioning", False):
-                return proc.denoise(zp, zh, t, batch, context)
-            eps = proc.denoise(zp, zh, t, batch, context, self_cond=self_cond[0])
+                return proc.denoise(zp, zh, t, batch, context, **kw)
+            eps = proc.denoise(zp, zh, t, batch, context, self_cond=self_cond[0], **kw)
             self_cond[0] = proc.x0_from_eps(zp, zh, eps, t, batch)
             return eps
 
@@ -135,13 +138,15 @@ class Sampler:
 
         def net_at(zp: torch.Tensor, zh: torch.Tensor, t: torch.Tensor,
                    s: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-            """Noise prediction; with categorical types also draws the types at ``s`` from the logits."""
+            """Noise prediction; with categorical types (and bonds) also draws them at ``s`` from the logits."""
             if not categorical:
                 return eps_at(zp, zh, t)
-            eps_pos, logits = eps_at(zp, types_now[0], t)
+            out = eps_at(zp, types_now[0], t)
             if s is not None:
-                types_now[0] = proc.reverse_types(types_now[0] * norm_h, logits, t, s, batch, gen) / norm_h
-            return eps_pos, torch.zeros_like(zh)
+                types_now[0] = proc.reverse_types(types_now[0] * norm_h, out[1], t, s, batch, gen) / norm_h
+                if has_bonds:
+                    bonds_now[0] = proc.reverse_bonds(bonds_now[0], out[2], t, s, batch, gen)
+            return out[0], torch.zeros_like(zh)
 
         if z_T is None:
             z_pos = sample_zero_com_gaussian(batch.cpu(), B, gen, dtype).to(device)
@@ -155,6 +160,10 @@ class Sampler:
         if categorical:
             z_h = proc.type_process.prior_sample(batch.shape[0], generator=gen, dtype=dtype).to(device) / norm_h
             types_now.append(z_h)
+        pairs = None
+        if has_bonds:
+            pairs = molecule_pairs(batch)
+            bonds_now.append(proc.bond_process.prior_sample(pairs.shape[1], generator=gen, dtype=dtype).to(device))
 
         def time_at(k: int) -> torch.Tensor:
             return torch.full((B,), int(grid[k]) / T, dtype=dtype, device=device)
@@ -195,7 +204,13 @@ class Sampler:
         pos, types, charges = proc.sample_p_xh_given_z0(
             z_pos, z_h, batch, B, context, generator=gen, eps=net_at(z_pos, z_h, t0)
         )
-        return SampleOutput(pos=pos, types=types, charges=charges, batch=batch, num_graphs=B, chain=chain)
+        bonds = {}
+        if has_bonds:  # the classes drawn at t = 0; class 0 (no bond) is dropped
+            cls = bonds_now[0].argmax(1)
+            keep = cls > 0
+            bonds = {"bond_index": pairs[:, keep], "bond_type": cls[keep]}
+        return SampleOutput(pos=pos, types=types, charges=charges, batch=batch, num_graphs=B, chain=chain,
+                            **bonds)
 
     def iter_batches(
         self, num_atoms: torch.Tensor | list[int], max_atoms_per_batch: int | None = None,

@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 
 from moldiff.config import ExperimentConfig
+from moldiff.constants import BOND_ORDERS
 from moldiff.data.arrays import atom_ranges
 from moldiff.data.datasets import load_dataset
 from moldiff.data.loader import MolLoader
@@ -41,6 +42,21 @@ def dataset_statistics(arrays: Any, rows: Any, conditioning: tuple[str, ...], da
         context_nf=len(conditioning),
         conditioning=tuple(conditioning),
     )
+
+
+def bond_class_counts(arrays: Any, rows: np.ndarray, num_classes: int) -> torch.Tensor:
+    """``[K_b]`` counts of the bond classes over all atom pairs of molecules ``rows`` (class 0: no bond).
+
+    The limit of a categorical bond channel; raises ``ValueError`` when the dataset stores no bonds.
+    """
+    if not arrays.has_bonds:
+        raise ValueError("diffusion.bonds 'categorical' needs a dataset with bonds (built from SMILES or SDF "
+                         "with `moldiff data build` / `moldiff data import`); this one stores none")
+    n = arrays.n_atoms[rows].astype(np.int64)
+    sel = atom_ranges(arrays.bond_ptr[rows], arrays.n_bonds[rows])
+    counts = np.bincount(arrays.bond_type[sel].astype(np.int64), minlength=num_classes).astype(np.float64)
+    counts[0] = float((n * (n - 1) // 2).sum()) - counts[1:].sum()
+    return torch.as_tensor(counts, dtype=torch.float64)
 
 
 def run_training(
@@ -110,7 +126,11 @@ def run_training(
     if config.diffusion.atom_types == "categorical":  # the limit of categorical types: the data's marginal
         types = train.arrays.type_index[atom_ranges(train.arrays.ptr[rows], train.arrays.n_atoms[rows])]
         type_prior = torch.as_tensor(np.bincount(types, minlength=len(train.elements)), dtype=torch.float64)
-    process = build_model(config, len(train.elements), len(dc.conditioning), type_prior=type_prior)
+    bond_prior = None
+    if config.diffusion.bonds == "categorical":
+        bond_prior = bond_class_counts(train.arrays, rows, 1 + len(BOND_ORDERS))
+    process = build_model(config, len(train.elements), len(dc.conditioning), type_prior=type_prior,
+                          bond_prior=bond_prior)
     trainer = Trainer(
         process, config, stats, train_batches=train.iter_batches, out_dir=out_dir,
         val_batches=None if val is None else val.iter_batches, device=device, progress=progress,
