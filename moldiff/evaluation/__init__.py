@@ -18,7 +18,9 @@ _LAZY = {
     "CHECKS": "report", "DEFAULT_CHECKS": "report", "SUMMARY_KEYS": "report", "evaluate_molecules": "report",
     "summarize": "report",
     "bond_order": "stability", "bond_order_matrix": "stability", "check_stability": "stability",
+    "check_stability_bonds": "stability",
     "edm_validity": "validity", "novelty": "validity", "perceive_bonds_rdkit": "validity", "uniqueness": "validity",
+    "own_bond_mol": "validity",
 }
 
 __all__ = sorted(_LAZY)

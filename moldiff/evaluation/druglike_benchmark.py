@@ -218,21 +218,7 @@ def load_reference(name: str, data_root: str | Path, n_test: int | None = 10_000
 # ---------------------------------------------------------------------------------- molecules
 def _own_bond_mol(rec: Any) -> tuple[Chem.Mol | None, str | None]:
     """The record's molecule with its own bonds and formal charges, sanitised, or ``(None, reason)``."""
-    from moldiff.io import bonded_mol
-
-    codes = []
-    for i, j, order in rec.bonds:
-        if order not in (1, 2, 3, 1.5):
-            return None, f"unsupported bond order {order}"
-        code = 4 if order == 1.5 else int(order)
-        codes.append((i, j, code))
-    try:
-        mol = Chem.Mol(bonded_mol(rec.symbols, rec.pos, codes, rec.formal_charges))
-        Chem.SanitizeMol(mol)
-    except (ValueError, RuntimeError) as exc:
-        text = str(exc).strip().splitlines()
-        return None, f"sanitization failed: {text[-1] if text else type(exc).__name__}"
-    return mol, None
+    return validity.own_bond_mol(rec.symbols, rec.pos, rec.bonds, rec.formal_charges)
 
 
 def _n_frags(mol: Chem.Mol | None) -> int:

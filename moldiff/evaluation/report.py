@@ -3,6 +3,10 @@
 :func:`evaluate_molecules` is the entry point. The ``edm`` check (stability, validity, SMILES,
 connectivity; always run) is vectorised over molecules of equal size; the other checks are optional
 and named in :data:`CHECKS`. Rows keep the input order; malformed inputs get a row with a ``reason``.
+
+Molecules that carry their own bonds (SDF records with a bond block: :attr:`moldiff.io.Molecule.bonds`)
+are also scored with those bonds (:func:`_own_bond_columns`): stability with EDM's valence table
+and RDKit validity. These are second numbers next to EDM's distance-rule headline, never instead of it.
 """
 
 from __future__ import annotations
@@ -19,10 +23,10 @@ from rdkit.rdBase import BlockLogs
 
 from moldiff.evaluation import druglike, geometry, validity
 from moldiff.evaluation.build import Molecule, add_conformer, build_edm_mol, to_molecules
-from moldiff.evaluation.stability import ELEMENTS, batch_stability, element_indices
+from moldiff.evaluation.stability import ELEMENTS, batch_stability, check_stability_bonds, element_indices
 
 __all__ = ["CHECKS", "DEFAULT_CHECKS", "evaluate_molecules", "summarize", "SUMMARY_KEYS", "jsonable",
-           "format_summary"]
+           "format_summary", "OWN_BOND_KEYS"]
 
 #: Available checks and what each adds (see docs/metrics.md). ``edm`` is always run.
 CHECKS: dict[str, str] = {
@@ -103,6 +107,8 @@ def _score_chunk(mols: Sequence[Molecule], checks: tuple[str, ...]) -> list[dict
                     reasons.append(f"disconnected ({v['n_fragments']} fragments)")
                 geo_mol = _extra_checks(row, mol, rd if v["valid"] else None, checks)
             row["reason"] = "; ".join(reasons) if reasons else None
+            if mol.bonds is not None:
+                row.update(_own_bond_columns(mol))
             rows.append(row)
             geometry_mols.append(geo_mol)
         if "geometry" in checks:
@@ -110,6 +116,28 @@ def _score_chunk(mols: Sequence[Molecule], checks: tuple[str, ...]) -> list[dict
                 row["pb_pass"] = None
                 row.update(res["results"])
     return rows
+
+
+def _own_bond_columns(mol: Molecule) -> dict[str, Any]:
+    """Stability and validity of a molecule by its own bonds (file / model bonds, not EDM's rule).
+
+    A malformed molecule or unusable bonds score 0 stable atoms, unstable and invalid, with the
+    reason in ``reason_own_bonds`` (the ``reason`` column stays EDM's).
+    """
+    if mol.error is not None:
+        return {"n_stable_atoms_own_bonds": 0, "mol_stable_own_bonds": False, "valid_own_bonds": False,
+                "reason_own_bonds": mol.error}
+    reasons = []
+    try:
+        stable, n_stable, _ = check_stability_bonds(mol.symbols, mol.bonds, mol.formal_charges)
+    except ValueError as exc:
+        stable, n_stable = False, 0
+        reasons.append(str(exc))
+    rd, why = validity.own_bond_mol(mol.symbols, mol.pos, mol.bonds, mol.formal_charges)
+    if why:
+        reasons.append(why)
+    return {"n_stable_atoms_own_bonds": n_stable, "mol_stable_own_bonds": stable,
+            "valid_own_bonds": rd is not None, "reason_own_bonds": "; ".join(reasons) if reasons else None}
 
 
 def _extra_checks(row: dict[str, Any], mol: Molecule, rd: Chem.Mol | None,
@@ -159,6 +187,8 @@ def summarize(table: pd.DataFrame, reference_smiles: Iterable[str] | None = None
     Returns:
         Dict with at least :data:`SUMMARY_KEYS`; atom stability is pooled over all atoms of all
         molecules, uniqueness is over valid molecules' SMILES, novelty over distinct valid SMILES.
+        When some molecules carry their own bonds, also ``atom_stability_own_bonds``,
+        ``mol_stability_own_bonds`` and ``validity_own_bonds``, over those molecules only.
     """
     n = len(table)
     frac = (lambda col: float(table[col].astype(bool).mean()) if n else float("nan"))
@@ -177,6 +207,15 @@ def summarize(table: pd.DataFrame, reference_smiles: Iterable[str] | None = None
     summary["valid_and_unique"] = summary["validity"] * summary["uniqueness"] if valid_smiles else 0.0
     summary["novelty"] = (validity.novelty(valid_smiles, reference_smiles)
                           if reference_smiles is not None else float("nan"))
+    if "mol_stable_own_bonds" in table:
+        has = table["mol_stable_own_bonds"].notna()
+        if has.any():
+            own = table[has]
+            own_atoms = int(own["n_atoms"].sum())
+            summary["atom_stability_own_bonds"] = (float(own["n_stable_atoms_own_bonds"].sum() / own_atoms)
+                                                   if own_atoms else float("nan"))
+            summary["mol_stability_own_bonds"] = float(own["mol_stable_own_bonds"].astype(bool).mean())
+            summary["validity_own_bonds"] = float(own["valid_own_bonds"].astype(bool).mean())
     if "valid_rdkit" in table:
         summary["validity_rdkit"] = frac("valid_rdkit")
         summary["bond_agreement_rdkit"] = frac("bonds_agree")
@@ -254,7 +293,14 @@ SUMMARY_LABELS: dict[str, str] = {
     "validity": "validity (EDM, largest fragment)",
     "validity_connected": "validity (connected molecule)",
     "connected": "connected (single fragment)",
+    "atom_stability_own_bonds": "atom stability, own bonds",
+    "mol_stability_own_bonds": "molecule stability, own bonds",
+    "validity_own_bonds": "validity, own bonds (RDKit)",
 }
+#: Summary keys scored with the molecules' own bonds; :func:`format_summary` prints them as a separate
+#: block under :data:`OWN_BONDS_HEADER`, after EDM's distance-rule lines.
+OWN_BOND_KEYS: tuple[str, ...] = ("atom_stability_own_bonds", "mol_stability_own_bonds", "validity_own_bonds")
+OWN_BONDS_HEADER = "by the file's own bonds (the model's bonds for a bond-channel model; not EDM's metric):"
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -262,7 +308,8 @@ def format_summary(summary: dict[str, Any]) -> str:
 
     EDM's validity (largest fragment) is always shown next to the connected validity (the molecule
     is one fragment and sanitises); when they differ a note says how many "valid" molecules are
-    disconnected.
+    disconnected. Stability and validity by the molecules' own bonds (:data:`OWN_BOND_KEYS`, present
+    only for molecules read with bonds) follow as a separate last block under :data:`OWN_BONDS_HEADER`.
 
     >>> print(format_summary({"num_molecules": 2, "validity": 0.5, "validity_connected": 0.5}))
     metric                                  value
@@ -277,6 +324,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         items.insert(at, ("validity_connected", None))  # never EDM's number alone
         summary = dict(items)
     lines = [f"{'metric':<35}{'value':>10}"]
+    own_lines = []
     for k, v in jsonable(summary).items():
         if v is None:
             text = "n/a"
@@ -286,7 +334,7 @@ def format_summary(summary: dict[str, Any]) -> str:
             text = f"{v:.3f}"
         else:
             text = f"{100 * v:.2f} %"
-        lines.append(f"{SUMMARY_LABELS.get(k, k):<35}{text:>10}")
+        (own_lines if k in OWN_BOND_KEYS else lines).append(f"{SUMMARY_LABELS.get(k, k):<35}{text:>10}")
     valid, connected = summary.get("validity"), summary.get("validity_connected")
     n = summary.get("num_molecules")
     known = all(isinstance(x, float | int) and x == x for x in (valid, connected))
@@ -295,4 +343,6 @@ def format_summary(summary: dict[str, Any]) -> str:
         if loose > 0:
             lines.append(f"note: {loose} of {round(valid * n)} EDM-valid molecules are disconnected (EDM scores "
                          "only their largest fragment)")
+    if own_lines:  # after everything EDM's, so the EDM part of the text is unchanged
+        lines += [OWN_BONDS_HEADER, *own_lines]
     return "\n".join(lines)

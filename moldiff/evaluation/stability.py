@@ -6,6 +6,9 @@ single / double / triple bonds, with strict ``<`` comparisons, and calls an atom
 its bond orders equals a neutral allowed valence (H 1, C 4, N 3, O 2, F 1, ...). A molecule is stable
 iff all of its atoms are. Aromatic orders and formal charges are never used.
 
+:func:`check_stability_bonds` applies the same valence table to GIVEN bonds (a file's own bonds, a
+bond-channel model's bonds), as MiDi / EQGAT-diff report it; that is a second number, not EDM's.
+
 Numerics follow EDM: distances are computed in float32 from float32 coordinates (Å), multiplied by 100
 in float32 and compared with integer thresholds in pm. Pairs without a single-bond table entry (e.g.
 B–C) are never bonded (EDM's ``check_exists=True`` behaviour; with QM9 elements every pair has an
@@ -29,6 +32,7 @@ __all__ = [
     "bond_order_matrix",
     "batch_bond_orders",
     "check_stability",
+    "check_stability_bonds",
     "batch_stability",
     "element_indices",
 ]
@@ -193,6 +197,64 @@ def check_stability(symbols: Sequence[str], pos: np.ndarray) -> tuple[bool, int,
     stable = _stable_atoms(element_indices(symbols), orders.sum(1, dtype=np.int64))
     n_stable = int(stable.sum())
     return n_stable == len(symbols), n_stable, len(symbols)
+
+
+#: Valence contribution of a given bond: int codes 1/2/3/4 (4 = aromatic, as in
+#: :data:`moldiff.constants.BOND_ORDERS`) and float orders 1.0/2.0/3.0/1.5 (:attr:`moldiff.io.Molecule.bonds`);
+#: 0 (RDKit's zero-order bond, a bond-channel model's "no bond") adds nothing.
+_GIVEN_ORDER: dict[float, float] = {0: 0.0, 1: 1.0, 2: 2.0, 3: 3.0, 4: 1.5, 1.5: 1.5}
+
+
+def check_stability_bonds(
+    symbols: Sequence[str], bonds: Iterable[tuple[int, int, float]], formal_charges: Sequence[int] | None = None
+) -> tuple[bool, int, int]:
+    """Atom / molecule stability from GIVEN bonds (a file's or a bond-channel model's), not from distances.
+
+    The same allowed-valence table as :func:`check_stability` (EDM's neutral valences); only the
+    valences differ: an atom's valence is the sum of the orders of its given bonds, aromatic bonds
+    counting 1.5, converted to an integer by truncation (``int``, as MiDi / EQGAT-diff's ``.long()``),
+    so e.g. a ring-fusion carbon of naphthalene (three aromatic bonds, 4.5) counts 4. This is the
+    stability MiDi and EQGAT-diff report for their own bonds; it is not EDM's metric.
+
+    Args:
+        symbols: Element symbols, length ``n``.
+        bonds: ``(i, j, order)`` with 0-based atom indices; ``order`` an int code 1 / 2 / 3 / 4
+            (4 = aromatic) or a float 1.0 / 2.0 / 3.0 / 1.5 (aromatic), as in
+            :attr:`moldiff.io.Molecule.bonds`; 0 adds nothing.
+        formal_charges: Accepted for symmetry with the records that carry them and **ignored**, as
+            :func:`check_stability` (EDM) ignores charges: a charged atom is stable only if its
+            valence is a neutral allowed one.
+
+    Returns:
+        ``(molecule_stable, n_stable_atoms, n_atoms)``.
+
+    Raises:
+        ValueError: For an unknown element (as :func:`check_stability`), an atom index out of range,
+            a self-bond, or an unsupported order.
+
+    >>> check_stability_bonds(["C", "H", "H", "H", "H"], [(0, 1, 1), (0, 2, 1), (0, 3, 1), (0, 4, 1)])
+    (True, 5, 5)
+    >>> check_stability_bonds(["O", "H"], [(0, 1, 1.0)])
+    (False, 1, 2)
+    """
+    del formal_charges  # ignored, like EDM (see above)
+    types = element_indices(symbols)
+    n = len(types)
+    valence = np.zeros(n, dtype=np.float64)
+    for i, j, order in bonds:
+        i, j = int(i), int(j)
+        if not (0 <= i < n and 0 <= j < n) or i == j:
+            raise ValueError(f"bad bond ({i}, {j}) for {n} atoms")
+        try:
+            value = _GIVEN_ORDER[float(order)]
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"unsupported bond order {order!r} for bond ({i}, {j}); allowed: "
+                             "1, 2, 3, 4 (aromatic), 1.0, 2.0, 3.0, 1.5 (aromatic), 0") from None
+        valence[i] += value
+        valence[j] += value
+    stable = _stable_atoms(types, np.floor(valence + 1e-6).astype(np.int64))
+    n_stable = int(stable.sum())
+    return n_stable == n, n_stable, n
 
 
 def stability_fractions(molecules: Iterable[tuple[Sequence[str], np.ndarray]]) -> tuple[float, float]:

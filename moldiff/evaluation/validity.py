@@ -28,6 +28,7 @@ __all__ = [
     "largest_fragment",
     "edm_validity",
     "perceive_bonds_rdkit",
+    "own_bond_mol",
     "quiet_stderr",
     "uniqueness",
     "novelty",
@@ -53,6 +54,38 @@ def sanitize_smiles(mol: Chem.Mol) -> tuple[str | None, str | None]:
     except ValueError as exc:  # MolSanitizeException derives from ValueError, as EDM relies on
         return None, f"sanitization failed: {_first_line(exc)}"
     return Chem.MolToSmiles(mol), None
+
+
+def own_bond_mol(
+    symbols: Sequence[str], pos: np.ndarray, bonds: Iterable[tuple[int, int, float]],
+    formal_charges: Sequence[int] | None = None,
+) -> tuple[Chem.Mol | None, str | None]:
+    """The molecule with its OWN bonds and formal charges (nothing inferred), sanitised.
+
+    Args:
+        symbols: Element symbols, length ``n``.
+        pos: Coordinates in Å, ``[n, 3]`` (kept as the conformer).
+        bonds: ``(i, j, order)`` with orders 1, 2, 3 or 1.5 (aromatic), as in
+            :attr:`moldiff.io.Molecule.bonds`.
+        formal_charges: ``n`` formal charges (default: all 0).
+
+    Returns:
+        ``(mol, None)`` when RDKit sanitisation succeeds, else ``(None, reason)``.
+    """
+    from moldiff.io import bonded_mol
+
+    codes = []
+    for i, j, order in bonds:
+        if order not in (1, 2, 3, 1.5):
+            return None, f"unsupported bond order {order}"
+        codes.append((i, j, 4 if order == 1.5 else int(order)))
+    try:
+        mol = Chem.Mol(bonded_mol(symbols, pos, codes, formal_charges))
+        Chem.SanitizeMol(mol)
+    except (ValueError, RuntimeError) as exc:
+        text = str(exc).strip().splitlines()
+        return None, f"sanitization failed: {text[-1] if text else type(exc).__name__}"
+    return mol, None
 
 
 def largest_fragment(mol: Chem.Mol) -> tuple[Chem.Mol, int]:
