@@ -289,6 +289,10 @@ def _add_sample_parser(sub: argparse._SubParsersAction) -> None:
                         "trained with train.context_dropout > 0)")
     p.add_argument("--num-atoms", type=_positive_int, default=None, help="fix the number of atoms")
     p.add_argument("--grid", default=None, help="also draw the valid samples as a PNG molecule grid")
+    p.add_argument("--no-hydrogens", dest="add_hydrogens", action="store_false",
+                   help="heavy-atom models with a bond channel (e.g. drugs): write the heavy atoms only, instead of "
+                        "adding hydrogens with RDKit at positions it computes (the model's own output is "
+                        "heavy atoms and bonds; the printed metrics are always of the model's own output)")
     p.add_argument("--relax", choices=("mmff", "xtb"), default=None,
                    help="relax the written molecules (mmff or GFN2-xTB); the model's own metrics are printed "
                         "before relaxation, the relaxed ones separately and labelled")
@@ -392,11 +396,17 @@ def _sample_to_file(args: argparse.Namespace, model: MolDiff, fmt: str, target: 
                 if args.evaluate:
                     molecules.extend(_sampled_records(batch))
                 bonds = [b for _, _, b in batch]
+                if model.has_bonds:  # the model's bonds (+ RDKit's hydrogens for heavy-atom models)
+                    add_h = args.add_hydrogens and model.adds_hydrogens
+                    mols = [to_rdkit(sym, pos, b, add_hydrogens=add_h) for sym, pos, b in batch]
+                    if args.relax:
+                        mols = _relax_mols(mols, args.relax, relaxed)
+                    write([_symbols_pos(m) for m in mols] if fmt == "xyz" else mols)
+                    continue
                 batch = [(sym, pos) for sym, pos, _ in batch]
                 if args.relax:
-                    batch = _relax_batch(batch, args.relax, relaxed, bonds)
-                write(batch if fmt == "xyz" else [to_rdkit(sym, pos, b) for (sym, pos), b in zip(batch, bonds,
-                                                                                                    strict=True)])
+                    batch = _relax_batch(batch, args.relax, relaxed)
+                write(batch if fmt == "xyz" else [to_rdkit(sym, pos) for sym, pos in batch])
             total = write.written
     for w in caught:
         print(f"moldiff: warning: {w.message}", file=sys.stderr)
@@ -486,22 +496,40 @@ def _sample_inpaint(args: argparse.Namespace, model: MolDiff, fmt: str, device: 
     return 0
 
 
-def _relax_batch(batch: list, method: str, relaxed: list, bonds: list | None = None) -> list:
+def _relax_batch(batch: list, method: str, relaxed: list) -> list:
     """Relax sampled ``(symbols, pos)`` molecules; appends ``(molecule, RelaxResult)`` to ``relaxed``.
 
-    Bonds for MMFF are the model's own (``bonds``, one list or ``None`` per molecule) where it has
-    a bond channel, else from EDM's distance rule on the sampled geometry; written molecules without
-    model bonds get theirs re-perceived from the relaxed geometry. Molecules that fail stay as sampled.
+    Bonds for MMFF come from EDM's distance rule on the sampled geometry; the written molecules get
+    their bonds re-perceived from the relaxed geometry. Molecules that fail stay as sampled.
     """
     from moldiff.pipeline import to_rdkit
     from moldiff.relax import relax_molecules
 
-    bonds = bonds or [None] * len(batch)
-    results = relax_molecules([to_rdkit(sym, pos, b) for (sym, pos), b in zip(batch, bonds, strict=True)], method)
+    results = relax_molecules([to_rdkit(sym, pos) for sym, pos in batch], method)
     out = [(sym, r.mol.GetConformer().GetPositions() if r.ok else pos)
            for (sym, pos), r in zip(batch, results, strict=True)]
     relaxed.extend(zip(out, results, strict=True))
     return out
+
+
+def _relax_mols(mols: list, method: str, relaxed: list) -> list:
+    """Relax RDKit molecules that carry a bond-channel model's own bonds (kept as they are).
+
+    Appends ``((symbols, pos), RelaxResult)`` to ``relaxed``; molecules that fail stay as sampled.
+    """
+    from rdkit import Chem
+
+    from moldiff.relax import relax_molecules
+
+    results = relax_molecules(mols, method)
+    out = [Chem.Mol(r.mol) if r.ok else m for m, r in zip(mols, results, strict=True)]
+    relaxed.extend(zip(map(_symbols_pos, out), results, strict=True))
+    return out
+
+
+def _symbols_pos(mol: object) -> tuple[list[str], object]:
+    """``(symbols, pos)`` of an RDKit molecule with one conformer (e.g. after hydrogens were added)."""
+    return [a.GetSymbol() for a in mol.GetAtoms()], mol.GetConformer().GetPositions()
 
 
 def _sampled_records(batch: list) -> list:

@@ -402,6 +402,8 @@ class _SdfSink:
         self.mol_type, self.writer, self.written = Chem.Mol, Chem.SDWriter(fh), 0
 
     def __call__(self, molecules: Iterable[Any]) -> int:
+        from rdkit.rdBase import BlockLogs
+
         mols = list(molecules)
         for k, mol in enumerate(mols, start=self.written + 1):
             if not isinstance(mol, self.mol_type):
@@ -409,7 +411,15 @@ class _SdfSink:
         for k, mol in enumerate(mols, start=self.written + 1):
             if not (mol.HasProp("_Name") and mol.GetProp("_Name").strip()):
                 mol.SetProp("_Name", sdf_title(mol, k))
-            self.writer.write(mol)
+            try:
+                with BlockLogs():
+                    self.writer.write(mol)
+            except Exception:  # noqa: BLE001 - aromatic bonds outside a kekulisable ring: write them as type 4
+                self.writer.SetKekulize(False)
+                try:
+                    self.writer.write(mol)
+                finally:
+                    self.writer.SetKekulize(True)
         self.written += len(mols)
         return len(mols)
 
@@ -517,8 +527,11 @@ def bonded_mol(
     mol.AddConformer(conf, assignId=True)
     if name:
         mol.SetProp("_Name", name)
-    try:
-        Chem.SanitizeMol(mol)
-    except Exception:  # noqa: BLE001 - an unsanitisable molecule is still written as given
-        mol.UpdatePropertyCache(strict=False)
+    from rdkit.rdBase import BlockLogs
+
+    with BlockLogs():  # an invalid valence is expected of generated molecules: no RDKit log line per molecule
+        try:
+            Chem.SanitizeMol(mol)
+        except Exception:  # noqa: BLE001 - an unsanitisable molecule is still written as given
+            mol.UpdatePropertyCache(strict=False)
     return mol

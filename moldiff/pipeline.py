@@ -182,36 +182,58 @@ class MolDiff:
         """
         return [m for _, batch in self.iter_samples(num, steps=steps, seed=seed, **kwargs) for m in batch]
 
-    def sample(self, num: int, steps: int | None = None, seed: int | None = 0, **kwargs: Any) -> list:
+    def sample(self, num: int, steps: int | None = None, seed: int | None = 0, add_hydrogens: bool | None = None,
+               **kwargs: Any) -> list:
         """Sample ``num`` molecules as RDKit ``Mol`` objects with 3D conformers.
 
         Bonds are the model's own for a model with a bond channel (:attr:`has_bonds`), else inferred
-        with EDM's distance tables.
+        with EDM's distance tables. ``add_hydrogens`` (default: :attr:`adds_hydrogens`) completes a
+        heavy-atom model's molecules with RDKit's hydrogens and their computed positions.
         """
-        return [to_rdkit(*m) for _, batch in self.iter_samples(num, steps=steps, seed=seed, with_bonds=True,
-                                                               **kwargs) for m in batch]
+        add_h = self.adds_hydrogens if add_hydrogens is None else bool(add_hydrogens)
+        return [to_rdkit(*m, add_hydrogens=add_h) for _, batch in self.iter_samples(
+            num, steps=steps, seed=seed, with_bonds=True, **kwargs) for m in batch]
 
     @property
     def has_bonds(self) -> bool:
         """Whether the model generates bonds itself (a categorical bond channel)."""
         return bool(getattr(self.process, "has_bonds", False))
 
+    @property
+    def adds_hydrogens(self) -> bool:
+        """Whether written molecules get hydrogens from RDKit: a heavy-atom model (``data.remove_h``) with bonds."""
+        return self.has_bonds and bool(self.config.data.remove_h)
+
 
 def _bonds_or_none(out: Any) -> list:
     return out.split_bonds() if out.has_bonds else [None] * out.num_graphs
 
 
-def to_rdkit(symbols: list[str], pos: np.ndarray, bonds: list[tuple[int, int, int]] | None = None) -> Any:
+def to_rdkit(symbols: list[str], pos: np.ndarray, bonds: list[tuple[int, int, int]] | None = None,
+             add_hydrogens: bool = False) -> Any:
     """RDKit ``Mol`` with a 3D conformer.
 
     With ``bonds`` (``(i, j, code)``, a bond-channel model's own) the molecule has exactly those bonds
     (:func:`moldiff.io.bonded_mol`, sanitised when RDKit accepts it); without, bonds are inferred with
-    EDM's distance tables (unsanitised).
+    EDM's distance tables (unsanitised). ``add_hydrogens`` (with ``bonds``): add the implicit
+    hydrogens of a sanitised molecule as atoms, placed by RDKit (``Chem.AddHs(addCoords=True)``);
+    a molecule RDKit cannot sanitise is returned without them.
     """
     if bonds is not None:
         from moldiff.io import bonded_mol
 
-        return bonded_mol(symbols, pos, bonds)
+        mol = bonded_mol(symbols, pos, bonds)
+        if add_hydrogens:
+            from rdkit import Chem
+            from rdkit.rdBase import BlockLogs
+
+            with BlockLogs():
+                try:
+                    Chem.SanitizeMol(Chem.Mol(mol))
+                except Exception:  # noqa: BLE001 - invalid valences: no hydrogens to add
+                    return mol
+            mol = Chem.AddHs(mol, addCoords=True)
+        return mol
     from moldiff.evaluation.build import add_conformer, build_edm_mol
     from moldiff.evaluation.stability import bond_order_matrix
 

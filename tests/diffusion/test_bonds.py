@@ -215,3 +215,43 @@ def test_checkpoint_round_trip_writes_the_models_bonds(tmp_path):
         assert mol.GetNumAtoms() == len(symbols) and mol.GetNumBonds() == len(bonds)
         block = Chem.MolToMolBlock(mol, kekulize=False)
         assert Chem.MolFromMolBlock(block, sanitize=False, removeHs=False).GetNumBonds() == len(bonds)
+
+
+def test_to_rdkit_keeps_the_given_bonds_and_adds_hydrogens():
+    from rdkit import Chem
+
+    from moldiff.pipeline import to_rdkit
+
+    pos = np.array([[0.0, 0.0, 0.0], [1.52, 0.0, 0.0], [2.1, 1.2, 0.0]])
+    mol = to_rdkit(["C", "C", "O"], pos, [(0, 1, 1), (1, 2, 1)])
+    assert mol.GetNumAtoms() == 3 and Chem.MolToSmiles(mol) == "CCO"
+    with_h = to_rdkit(["C", "C", "O"], pos, [(0, 1, 1), (1, 2, 1)], add_hydrogens=True)
+    assert with_h.GetNumAtoms() == 9
+    np.testing.assert_allclose(with_h.GetConformer().GetPositions()[:3], pos)
+    bad = to_rdkit(["C", "O"], pos[:2], [(0, 1, 3)], add_hydrogens=True)  # C#O: invalid valence, left as is
+    assert bad.GetNumAtoms() == 2
+
+
+def test_cli_writes_the_models_bonds(tmp_path):
+    from rdkit import Chem
+
+    from moldiff.cli import main
+    from moldiff.types import DatasetStats
+
+    proc, cfg = _bond_process()
+    cfg = cfg.override(data={"remove_h": True})
+    stats = DatasetStats(elements=("C", "N", "O", "F"), n_atoms_hist={3: 1, 4: 2, 5: 1})
+    state = proc.state_dict()
+    ckpt = tmp_path / "bonds.pt"
+    save_checkpoint(ckpt, {"config": cfg.to_dict(), "stats": stats.to_dict(), "model": state, "ema": state})
+    out = tmp_path / "s.sdf"
+    assert main(["sample", "--model", str(ckpt), "--num", "5", "--steps", "5", "--out", str(out),
+                 "--no-hydrogens", "--no-evaluate"]) == 0
+    from moldiff.pipeline import from_checkpoint
+
+    triples = [m for _, b in from_checkpoint(ckpt).iter_samples(5, steps=5, seed=0, with_bonds=True) for m in b]
+    written = list(Chem.SDMolSupplier(str(out), sanitize=False, removeHs=False))
+    assert [m.GetNumBonds() for m in written] == [len(b) for _, _, b in triples]
+    assert [m.GetNumAtoms() for m in written] == [len(s) for s, _, _ in triples]
+    assert main(["sample", "--model", str(ckpt), "--num", "2", "--steps", "5", "--out", str(tmp_path / "s.xyz"),
+                 "--no-evaluate"]) == 0
