@@ -220,8 +220,10 @@ class EquivariantDiffusion(nn.Module):
             eps = self.denoise(pos, h, t, batch, context, bonds=bonds)
             return tuple(x.detach() for x in self.x0_from_eps(pos, h, eps, t, batch))
 
-    def _alpha_sigma_atoms(self, t: torch.Tensor, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        gamma = self.schedule.gamma(t)
+    def _alpha_sigma_atoms(self, t: torch.Tensor, batch: torch.Tensor,
+                           gamma: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-atom ``(alpha_t, sigma_t)`` columns ``[N, 1]`` (``gamma``: ``gamma_t [B]`` when already known)."""
+        gamma = self.schedule.gamma(t) if gamma is None else gamma
         alpha = NoiseSchedule.alpha_from_gamma(gamma)[batch].unsqueeze(1)
         sigma = NoiseSchedule.sigma_from_gamma(gamma)[batch].unsqueeze(1)
         return alpha, sigma
@@ -362,7 +364,7 @@ class EquivariantDiffusion(nn.Module):
     ) -> LossOutput:
         """Positions as configured (EDM's ``eps`` L2 or the weighted ``x0`` error) + type cross-entropy."""
         B, batch = mol.num_graphs, mol.batch
-        alpha, sigma = self._alpha_sigma_atoms(t, batch)
+        alpha, sigma = self._alpha_sigma_atoms(t, batch, gamma_t)
         z_pos = alpha * pos + sigma * eps_pos
         x0_types = mol.one_hot.to(pos.dtype)
         x_t = self.type_process.q_sample(x0_types, t[batch], generator=generator).to(pos.dtype)
