@@ -235,3 +235,20 @@ def _spawn_ranks(target: Callable, world: int, *args) -> dict:
 def spawn_ranks() -> Callable[..., dict]:
     """``spawn_ranks(target, world, *args)``: a multi-process (e.g. gloo) test run; see :func:`_spawn_ranks`."""
     return _spawn_ranks
+
+
+# ============================================================================ the tiny training run
+TINY_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "configs",
+                           "tiny.yaml")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """One seconds-long ``moldiff train`` of ``benchmarks/configs/tiny.yaml``, shared by the CLI, hardening
+    and fuzz tests. Treat it as read-only: copy the directory (``shutil.copytree``) before changing it."""
+    from moldiff.cli import main
+
+    run = tmp_path_factory.mktemp("tiny_run")
+    assert main(["train", "--config", TINY_CONFIG, "--out", str(run)]) == 0
+    return run
+

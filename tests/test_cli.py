@@ -1,3 +1,4 @@
+import shutil
 from pathlib import Path
 
 import pytest
@@ -9,11 +10,10 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "benchmarks" / "configs" / "tiny.yaml"
 
 
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory):
-    run = tmp_path_factory.mktemp("run")
-    assert main(["train", "--config", str(TINY), "--out", str(run)]) == 0
-    return run / "last.pt"
+@pytest.fixture(scope="session")
+def tiny_ckpt(tiny_run):
+    """The shared tiny run's checkpoint (``tests/conftest.py``; read-only)."""
+    return tiny_run / "last.pt"
 
 
 def _err_line(capsys):
@@ -42,8 +42,10 @@ def test_train_sample_roundtrip(tiny_ckpt, tmp_path):
         assert abs(a.pos - b.pos).max() < 1e-3
 
 
-def test_resume_from_finished_run(tiny_ckpt, capsys):
-    assert main(["train", "--config", str(TINY), "--out", str(tiny_ckpt.parent), "--resume"]) == 0
+def test_resume_from_finished_run(tiny_ckpt, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_ckpt.parent, run)
+    assert main(["train", "--config", str(TINY), "--out", str(run), "--resume"]) == 0
     assert "trained" in capsys.readouterr().out
 
 

@@ -46,11 +46,10 @@ class WorkStarted(BaseException):
     """Raised where real work would begin: the arguments were accepted."""
 
 
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory):
-    run = tmp_path_factory.mktemp("run")
-    assert main(["train", "--config", str(TINY), "--out", str(run)]) == 0
-    return run / "last.pt"
+@pytest.fixture(scope="session")
+def tiny_ckpt(tiny_run):
+    """The shared tiny run's checkpoint (``tests/conftest.py``; read-only)."""
+    return tiny_run / "last.pt"
 
 
 @pytest.fixture

@@ -16,13 +16,6 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "benchmarks" / "configs" / "tiny.yaml"
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    run = tmp_path_factory.mktemp("run")
-    assert main(["train", "--config", str(TINY), "--out", str(run)]) == 0
-    return run
-
-
 def _one_line(capsys) -> str:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
