@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # the CLI imports the library lazily, so that --help stays fa
     import torch
 
     from moldiff.pipeline import MolDiff
+    from moldiff.sampling.inpaint import InpaintOutput
     from moldiff.sampling.sharding import Shard
 
 
@@ -297,8 +298,9 @@ def _add_sample_parser(sub: argparse._SubParsersAction) -> None:
                    help="relax the written molecules (mmff or GFN2-xTB); the model's own metrics are printed "
                         "before relaxation, the relaxed ones separately and labelled")
     p.add_argument("--fix", action="append", default=[], metavar="FRAGMENT",
-                   help="keep this fragment (.sdf/.xyz: element types and coordinates) and generate the rest "
-                        "around it (inpainting); repeat for a linker between fragments in their given pose")
+                   help="keep this fragment (.sdf/.xyz: element types and coordinates; models with a bond channel "
+                        "also keep its bonds and need an .sdf) and generate the rest around it (inpainting); repeat "
+                        "for a linker between fragments in their given pose")
     p.add_argument("--resample", type=_positive_int, default=1,
                    help="--fix: RePaint resampling, reverse steps per denoising step (harmonises the new atoms; "
                         "costs R x the steps)")
@@ -451,6 +453,8 @@ def _sample_inpaint(args: argparse.Namespace, model: MolDiff, fmt: str, device: 
                                device=device, progress=True)
     m = int(out.fixed[out.batch == 0].sum())
     written, relaxed = mols, []
+    if model.has_bonds:  # the model's bonds (the fragment's among its atoms), RDKit's hydrogens for heavy-atom models
+        return _write_inpainted_bonds(args, model, fmt, mols, out, m)
     if args.relax:
         from moldiff.relax import relax_molecules
 
@@ -496,6 +500,52 @@ def _sample_inpaint(args: argparse.Namespace, model: MolDiff, fmt: str, device: 
     return 0
 
 
+def _write_inpainted_bonds(args: argparse.Namespace, model: MolDiff, fmt: str, mols: list, out: InpaintOutput,
+                           m: int) -> int:
+    """``--fix`` with a bond-channel model: write RDKit molecules with the model's bonds, relax them, summarise."""
+    from moldiff.io import molecule_writer
+    from moldiff.pipeline import to_rdkit
+
+    triples = [(sym, pos, b) for (sym, pos), b in zip(mols, out.split_bonds(), strict=True)]
+    add_h = args.add_hydrogens and model.adds_hydrogens
+    rd = [to_rdkit(sym, pos, b, add_hydrogens=add_h) for sym, pos, b in triples]  # hydrogens go after the atoms
+    relaxed: list = []  # ((symbols, pos), RelaxResult) after --relax
+    if args.relax:
+        rd = _relax_mols(rd, args.relax, relaxed, fixed_atoms=list(range(m)))
+    with molecule_writer(args.out, fmt) as write:
+        if fmt == "xyz":
+            write([(*_symbols_pos(mol), f"fragment atoms 1-{m}") for mol in rd])
+        else:
+            for mol, ok in zip(rd, out.accepted.tolist(), strict=True):
+                mol.SetProp("moldiff_fixed_atoms", f"1-{m}")
+                mol.SetIntProp("moldiff_constraints_met", int(ok))
+            write(rd)
+    print(f"wrote {len(rd)} molecules to {args.out} (atoms 1-{m} are the fragment, exactly as given, with its bonds)"
+          + (f", {args.relax}-relaxed with the fragment fixed" if args.relax else ""))
+    if not bool(out.accepted.all()):
+        print(f"moldiff: warning: {int((~out.accepted).sum())} molecules still break --grow/connectivity after "
+              f"{args.max_tries} rounds (marked moldiff_constraints_met=0)", file=sys.stderr)
+    if args.relax:
+        from moldiff.relax import format_relax_summary, summarize_relaxation
+
+        print(format_relax_summary(summarize_relaxation([r for _, r in relaxed])))
+    if not args.evaluate:
+        return 0
+    from moldiff.evaluation.report import evaluate_molecules, format_summary
+
+    table, summary = evaluate_molecules(_sampled_records(triples))  # the model's own output and bonds
+    print(("completions (before relaxation):\n" if args.relax else "") + format_summary(summary))
+    if args.relax:
+        _, relaxed_summary = evaluate_molecules([mol for mol, _ in relaxed])
+        print(f"after {args.relax} relaxation (post-processing, not a model metric):\n"
+              + format_summary(relaxed_summary))
+    if args.grid:
+        from moldiff.evaluation.draw import draw_grid
+
+        print(f"drew {draw_grid(table, args.grid)} molecules to {args.grid}")
+    return 0
+
+
 def _relax_batch(batch: list, method: str, relaxed: list) -> list:
     """Relax sampled ``(symbols, pos)`` molecules; appends ``(molecule, RelaxResult)`` to ``relaxed``.
 
@@ -512,16 +562,17 @@ def _relax_batch(batch: list, method: str, relaxed: list) -> list:
     return out
 
 
-def _relax_mols(mols: list, method: str, relaxed: list) -> list:
+def _relax_mols(mols: list, method: str, relaxed: list, fixed_atoms: list[int] | None = None) -> list:
     """Relax RDKit molecules that carry a bond-channel model's own bonds (kept as they are).
 
     Appends ``((symbols, pos), RelaxResult)`` to ``relaxed``; molecules that fail stay as sampled.
+    ``fixed_atoms``: atoms held fixed in every molecule (``--fix``: the fragment).
     """
     from rdkit import Chem
 
     from moldiff.relax import relax_molecules
 
-    results = relax_molecules(mols, method)
+    results = relax_molecules(mols, method, fixed_atoms=fixed_atoms)
     out = [Chem.Mol(r.mol) if r.ok else m for m, r in zip(mols, results, strict=True)]
     relaxed.extend(zip(map(_symbols_pos, out), results, strict=True))
     return out

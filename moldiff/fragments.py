@@ -18,6 +18,13 @@ Growth modes (``grow``):
 
 The restriction is enforced by rejection sampling (``max_tries`` rounds); molecules that still
 violate it are returned and counted as not accepted.
+
+Models with a bond channel keep the fragment's bonds exactly, so they need them: the fragment
+must come as an SDF file (an XYZ fragment is refused). Aromatic bonds are kekulised with RDKit
+(the training data's bonds are kekulised); a ring RDKit cannot kekulise keeps the aromatic code.
+For a heavy-atom model (``data.remove_h``) the fragment's hydrogens and their bonds are dropped
+(the written molecules get RDKit's hydrogens); ``hydrogen-bearing`` then uses the dropped ones.
+With a bond channel the growth rule and connectivity are judged by the model's own bonds.
 """
 
 from __future__ import annotations
@@ -73,12 +80,88 @@ def _hydrogen_bearing(rec: MoleculeRecord) -> np.ndarray:
     return (~is_h) & (adj & is_h[None, :]).any(1)
 
 
-def load_fragment(source: str | Path | MoleculeRecord, elements: Sequence[str], grow: str = "all") -> Fragment:
+#: Bond orders of :class:`moldiff.io.Molecule` -> bond-type codes (``moldiff.constants.BOND_ORDERS``).
+_ORDER_CODES = {1.0: 1, 2.0: 2, 3.0: 3, 1.5: 4}
+
+
+def _kekulised(rec: MoleculeRecord, bonds: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    """``bonds`` with aromatic ones (code 4) kekulised by RDKit; unchanged when RDKit cannot kekulise them.
+
+    Only the bonds marked aromatic are reassigned (the others are fixed in RDKit's Kekulé search).
+    """
+    from rdkit import Chem
+    from rdkit.rdBase import BlockLogs
+
+    kinds = {1: Chem.BondType.SINGLE, 2: Chem.BondType.DOUBLE, 3: Chem.BondType.TRIPLE, 4: Chem.BondType.AROMATIC}
+    rw = Chem.RWMol()
+    for k, sym in enumerate(rec.symbols):
+        atom = Chem.Atom(sym)
+        if rec.formal_charges is not None:
+            atom.SetFormalCharge(int(rec.formal_charges[k]))
+        rw.AddAtom(atom)
+    for i, j, code in bonds:
+        rw.AddBond(i, j, kinds[code])
+        if code == 4:
+            for item in (rw.GetBondBetweenAtoms(i, j), rw.GetAtomWithIdx(i), rw.GetAtomWithIdx(j)):
+                item.SetIsAromatic(True)
+    mol = rw.GetMol()
+    with BlockLogs():
+        try:
+            mol.UpdatePropertyCache(strict=False)
+            Chem.Kekulize(mol, clearAromaticFlags=True)
+        except Exception:  # noqa: BLE001 - e.g. a pyrrole N without its H: keep the aromatic code
+            return bonds
+    back = {Chem.BondType.SINGLE: 1, Chem.BondType.DOUBLE: 2, Chem.BondType.TRIPLE: 3, Chem.BondType.AROMATIC: 4}
+    out = []
+    for i, j, _ in bonds:
+        bond = mol.GetBondBetweenAtoms(i, j)
+        out.append((i, j, back.get(bond.GetBondType(), 4)))
+    return out
+
+
+def _fragment_bonds(rec: MoleculeRecord, name: str, strict: bool) -> list[tuple[int, int, int]] | None:
+    """The record's bonds as codes 1-4 (aromatic ones kekulised when possible); ``None`` without bonds.
+
+    A bond of another order (zero, dative, ...) raises with ``strict`` (a bond model), else gives ``None``.
+    """
+    if rec.bonds is None:
+        return None
+    bonds = []
+    for i, j, order in rec.bonds:
+        code = _ORDER_CODES.get(float(order))
+        if code is None:
+            if not strict:
+                return None
+            raise ValueError(f"fragment {name}: bond {int(i) + 1}-{int(j) + 1} has order {order}; moldiff knows "
+                             "single, double, triple and aromatic bonds")
+        bonds.append((int(i), int(j), code))
+    if any(c == 4 for _, _, c in bonds):
+        bonds = _kekulised(rec, bonds)
+    return bonds
+
+
+def load_fragment(
+    source: str | Path | MoleculeRecord, elements: Sequence[str], grow: str = "all", *, need_bonds: bool = False,
+    heavy_atoms: bool = False,
+) -> Fragment:
     """A :class:`Fragment` in the vocabulary ``elements`` from an SDF/XYZ file (first record) or a record.
+
+    Args:
+        source: SDF/XYZ file or a record.
+        elements: the model's vocabulary.
+        grow: growth mode (see the module docstring).
+        need_bonds: the model has a bond channel: the fragment must have bonds (SDF); they are
+            kept exactly.
+        heavy_atoms: the model generates heavy atoms only (``data.remove_h``): drop the fragment's
+            hydrogens and their bonds (``grow="hydrogen-bearing"`` still sees them).
+
+    The fragment's bonds (codes 1-4, aromatic ones kekulised when RDKit can) are read from an SDF
+    file or a record with bonds whatever the model (``None`` for an XYZ file).
 
     Raises:
         ValueError: unreadable file, several molecules in the file, unknown element for the model,
-            non-finite coordinates, bad ``grow`` (one line, naming the fragment).
+            non-finite coordinates, bad ``grow``, no bonds for a bond model, an unknown bond order,
+            no heavy atom for a heavy-atom model (one line, naming the fragment).
         FileNotFoundError: missing file.
     """
     if grow not in GROW_MODES:
@@ -103,7 +186,13 @@ def load_fragment(source: str | Path | MoleculeRecord, elements: Sequence[str], 
         raise ValueError(f"fragment {name}: no atoms")
     if not np.all(np.isfinite(rec.pos)):
         raise ValueError(f"fragment {name}: non-finite (NaN/inf) coordinate")
-    unknown = sorted({s for s in rec.symbols if s not in elements})
+    if need_bonds and rec.bonds is None:
+        raise ValueError(f"fragment {name}: this model generates bonds and keeps the fragment's, but the file has "
+                         "none; give the fragment as an SDF file")
+    keep = np.array([not (heavy_atoms and s == "H") for s in rec.symbols], dtype=bool)
+    if not keep.any():
+        raise ValueError(f"fragment {name}: no heavy atom (the model generates heavy atoms; hydrogens are dropped)")
+    unknown = sorted({s for s, k in zip(rec.symbols, keep, strict=True) if k and s not in elements})
     if unknown:
         raise ValueError(f"fragment {name}: element(s) {', '.join(unknown)} not in the model's vocabulary "
                          f"({', '.join(elements)})")
@@ -118,12 +207,19 @@ def load_fragment(source: str | Path | MoleculeRecord, elements: Sequence[str], 
             raise ValueError(f"fragment {name}: --grow marked needs an SDF file with a <{GROW_FIELD}> field")
         growable = np.zeros(rec.num_atoms, dtype=bool)
         growable[_marked_atoms(path, rec.num_atoms)] = True
+    bonds = _fragment_bonds(rec, name, strict=need_bonds)
+    if not keep.all():  # a heavy-atom model: drop the hydrogens and their bonds, reindex
+        new = np.cumsum(keep) - 1
+        growable = growable[keep]
+        if bonds is not None:
+            bonds = [(int(new[i]), int(new[j]), c) for i, j, c in bonds if keep[i] and keep[j]]
     if not growable.any():
         raise ValueError(f"fragment {name}: no atom may grow under --grow {grow}")
-    return Fragment(pos=torch.as_tensor(rec.pos, dtype=torch.float64),
-                    types=torch.tensor([elements.index(s) for s in rec.symbols]),
-                    charges=torch.tensor([float(ATOMIC_NUMBERS[s]) for s in rec.symbols]),
-                    growable=torch.as_tensor(growable))
+    symbols = [s for s, k in zip(rec.symbols, keep, strict=True) if k]
+    return Fragment(pos=torch.as_tensor(np.asarray(rec.pos)[keep], dtype=torch.float64),
+                    types=torch.tensor([elements.index(s) for s in symbols]),
+                    charges=torch.tensor([float(ATOMIC_NUMBERS[s]) for s in symbols]),
+                    growable=torch.as_tensor(growable), bonds=bonds)
 
 
 def _components(orders: np.ndarray) -> int:
@@ -148,8 +244,9 @@ def _components(orders: np.ndarray) -> int:
 def make_acceptance(elements: Sequence[str], fragments: Sequence[Fragment], require_connected: bool) -> Any:
     """``accept(InpaintOutput) -> [B] bool`` for growth restrictions and (linkers) connectivity, or ``None``.
 
-    A molecule is rejected when a generated atom is bonded (EDM distance rule) to a fixed atom that
-    may not grow, or, with ``require_connected``, when its bond graph is not one connected piece.
+    A molecule is rejected when a generated atom is bonded (EDM distance rule; a bond-channel
+    model's own bonds when the output has them) to a fixed atom that may not grow, or, with
+    ``require_connected``, when its bond graph is not one connected piece.
     """
     from moldiff.evaluation.stability import bond_order_matrix
 
@@ -159,10 +256,16 @@ def make_acceptance(elements: Sequence[str], fragments: Sequence[Fragment], requ
 
     def accept(out: InpaintOutput) -> torch.Tensor:
         ok = []
+        model_bonds = out.split_bonds() if out.has_bonds else None
         for b, (types, pos) in enumerate(out.split()):
             frag = fragments[b] if len(fragments) > 1 else fragments[0]
-            symbols = [elements[i] for i in types.tolist()]
-            orders = bond_order_matrix(symbols, pos.numpy())
+            if model_bonds is not None:  # the model's own bonds
+                orders = np.zeros((len(types), len(types)), dtype=np.int64)
+                for i, j, code in model_bonds[b]:
+                    orders[i, j] = orders[j, i] = code
+            else:
+                symbols = [elements[i] for i in types.tolist()]
+                orders = bond_order_matrix(symbols, pos.numpy())
             m = frag.num_atoms
             blocked = ~frag.growable.numpy()  # type: ignore[union-attr]
             good = not (orders[:m][blocked][:, m:] > 0).any()
@@ -172,6 +275,11 @@ def make_acceptance(elements: Sequence[str], fragments: Sequence[Fragment], requ
         return torch.tensor(ok, dtype=torch.bool)
 
     return accept
+
+
+def fragment_options(model: MolDiff) -> dict[str, bool]:
+    """:func:`load_fragment`'s ``need_bonds`` / ``heavy_atoms`` for ``model``."""
+    return {"need_bonds": bool(model.has_bonds), "heavy_atoms": bool(model.config.data.remove_h)}
 
 
 @dataclass
@@ -201,7 +309,8 @@ def plan_inpainting(
     if not items:
         raise ValueError("inpainting needs at least one fragment")
     elements = model.elements
-    frags = [f if isinstance(f, Fragment) else load_fragment(f, elements, grow) for f in items]
+    frags = [f if isinstance(f, Fragment) else load_fragment(f, elements, grow, **fragment_options(model))
+             for f in items]
     frag = Fragment.combine(frags) if len(frags) > 1 else frags[0]
     m, limit = frag.num_atoms, model.max_atoms
     if m >= limit:
@@ -271,7 +380,8 @@ def inpaint_molecules(
 
     Returns:
         ``(molecules, output)``: ``(symbols, pos)`` pairs with the fragment's atoms first, exactly as
-        given, and the raw :class:`InpaintOutput` (``accepted``, ``tries``).
+        given, and the raw :class:`InpaintOutput` (``accepted``, ``tries``; a bond-channel model's
+        bonds in ``output.split_bonds()``, the fragment's among its atoms).
     """
     plan = plan_inpainting(model, fragments, num, num_atoms=num_atoms, steps=steps, seed=seed, method=method,
                            grow=grow, require_connected=require_connected)

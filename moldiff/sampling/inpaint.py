@@ -34,6 +34,16 @@ level (``q(x_s | x_t, x_F)`` with ``known_noise="bridge"``; resampling re-noises
 ``q(x_t | x_s)``). Self-conditioned denoisers get their previous clean estimate fed back, as in the
 sampler (the network's own estimate, also for the fixed atoms: that is what it was trained with).
 
+Bond channel (``bond_process``, ``has_bonds``): the one-hot bond class of every atom pair
+(:func:`~moldiff.geometry.molecule_pairs`) is side state beside the categorical types, handled by
+the same rule. The network reads the current classes (``bonds=``); every free pair (at least one
+generated atom) gets its class at the next grid point drawn from the clean-bond logits
+(``reverse_bonds``); every fixed pair (both atoms in the fragment) is replaced at every step by a
+draw of ``q(b_s | b_F)`` (``q(b_s | b_t, b_F)`` with ``known_noise="bridge"``), ``b_F`` being the
+fragment's class of that pair (``Fragment.bonds``; 0 where the fragment has no bond); resampling
+re-noises every pair with ``q(b_t | b_s)``. At ``t = 0`` the fixed pairs get exactly the fragment's
+classes, so every output holds the fragment's bonds among its atoms and no other.
+
 Samplers: ``ancestral`` (with resampling), and the solvers ``ddim``, ``dpm2``, ``dpm2sde``. With
 ``R = 1`` a solver runs its full multistep scheme over the grid with the replacement applied after
 every step; with ``R > 1`` every step is a one-step solve (the jump back invalidates the multistep
@@ -60,7 +70,7 @@ from tqdm.auto import tqdm
 
 from moldiff.diffusion.process import EquivariantDiffusion
 from moldiff.diffusion.schedules import NoiseSchedule
-from moldiff.geometry import remove_mean, scatter_mean
+from moldiff.geometry import molecule_pairs, pair_classes, remove_mean, scatter_mean
 from moldiff.sampling.sampler import SAMPLERS, batch_seed, plan_batches, timestep_grid
 from moldiff.sampling.solvers import grid_gammas, solve
 from moldiff.types import MolBatch
@@ -75,12 +85,16 @@ class Fragment:
         types: ``[m]`` atom-type indices into the model's vocabulary.
         charges: ``[m]`` values of the model's charge channel (atomic numbers for EDM models).
         growable: ``[m]`` bool, which atoms may bond to generated atoms (all by default).
+        bonds: the fragment's bonds ``[(i, j, code), ...]`` (fragment-local 0-based atoms, codes
+            ``1..4`` of ``moldiff.constants.BOND_ORDERS``), stored with ``i < j``; ``None``: unknown
+            (an XYZ fragment). Needed by models with a bond channel, which keep them exactly.
     """
 
     pos: torch.Tensor
     types: torch.Tensor
     charges: torch.Tensor
     growable: torch.Tensor | None = None
+    bonds: list[tuple[int, int, int]] | None = None
 
     def __post_init__(self) -> None:
         self.pos = torch.as_tensor(self.pos, dtype=torch.float64).reshape(-1, 3)
@@ -96,6 +110,19 @@ class Fragment:
             raise ValueError("fragment pos, types, charges and growable must describe the same atoms")
         if not torch.isfinite(self.pos).all():
             raise ValueError("fragment has a non-finite (NaN/inf) coordinate")
+        if self.bonds is not None:
+            bonds, seen = [], set()
+            for i, j, code in self.bonds:
+                i, j, code = int(i), int(j), int(code)
+                if not (0 <= i < m and 0 <= j < m) or i == j or code not in (1, 2, 3, 4):
+                    raise ValueError(f"fragment bond ({i}, {j}, {code}) is not a bond between two of its {m} atoms "
+                                     "with a code 1-4")
+                i, j = min(i, j), max(i, j)
+                if (i, j) in seen:
+                    raise ValueError(f"fragment bond ({i}, {j}) given twice")
+                seen.add((i, j))
+                bonds.append((i, j, code))
+            self.bonds = bonds
 
     @property
     def num_atoms(self) -> int:
@@ -104,11 +131,20 @@ class Fragment:
 
     @staticmethod
     def combine(fragments: Sequence[Fragment]) -> Fragment:
-        """One fragment holding several (e.g. the two ends of a linker) in their given relative pose."""
+        """One fragment holding several (e.g. the two ends of a linker) in their given relative pose.
+
+        Bonds are concatenated with the atom offsets (``None`` if any fragment's bonds are unknown).
+        """
+        bonds = None
+        if all(f.bonds is not None for f in fragments):
+            offsets = torch.cumsum(torch.tensor([0] + [f.num_atoms for f in fragments[:-1]]), 0).tolist()
+            bonds = [(i + o, j + o, c) for f, o in zip(fragments, offsets, strict=True)
+                     for i, j, c in f.bonds]  # type: ignore[union-attr]
         return Fragment(
             pos=torch.cat([f.pos for f in fragments]), types=torch.cat([f.types for f in fragments]),
             charges=torch.cat([f.charges for f in fragments]),
             growable=torch.cat([f.growable for f in fragments]),  # type: ignore[misc]
+            bonds=bonds,
         )
 
 
@@ -125,6 +161,9 @@ class InpaintOutput:
         num_graphs: ``B``.
         accepted: ``[B]`` bool, whether the molecule passed ``accept`` (all ``True`` without one).
         tries: ``[B]`` rounds used for each molecule.
+        bond_index: ``[2, E]`` the model's bonds as global atom pairs ``i < j`` (models with a bond
+            channel; among fixed atoms exactly the fragment's bonds), else ``None``.
+        bond_type: ``[E]`` their codes (``moldiff.constants.BOND_ORDERS``), else ``None``.
     """
 
     pos: torch.Tensor
@@ -135,11 +174,31 @@ class InpaintOutput:
     num_graphs: int
     accepted: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.bool))
     tries: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
+    bond_index: torch.Tensor | None = None
+    bond_type: torch.Tensor | None = None
 
     def split(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per-molecule ``(types [n], pos [n, 3])`` in order."""
         counts = torch.bincount(self.batch, minlength=self.num_graphs).tolist()
         return list(zip(torch.split(self.types, counts), torch.split(self.pos, counts), strict=True))
+
+    @property
+    def has_bonds(self) -> bool:
+        """Whether the model predicted bonds (:attr:`bond_index`)."""
+        return self.bond_index is not None
+
+    def split_bonds(self) -> list[list[tuple[int, int, int]]]:
+        """Per-molecule bonds ``[(i, j, code), ...]`` with molecule-local atom indices (raises without bonds)."""
+        if self.bond_index is None or self.bond_type is None:
+            raise ValueError("this output holds no bonds (the model has no bond channel)")
+        counts = torch.bincount(self.batch, minlength=self.num_graphs)
+        first = (torch.cumsum(counts, 0) - counts).tolist()
+        out: list[list[tuple[int, int, int]]] = [[] for _ in range(self.num_graphs)]
+        for i, j, code in zip(self.bond_index[0].tolist(), self.bond_index[1].tolist(), self.bond_type.tolist(),
+                              strict=True):
+            b = int(self.batch[i])
+            out[b].append((i - first[b], j - first[b], int(code)))
+        return out
 
 
 def sample_sizes_given_fragment(
@@ -187,6 +246,7 @@ class _Layout:
         self.counts = counts
         self.batch = torch.repeat_interleave(torch.arange(B), counts).to(device)
         offsets = torch.cumsum(torch.cat([torch.zeros(1, dtype=torch.long), counts[:-1]]), 0)
+        self.offsets = offsets  # first atom of every molecule (CPU)
         m = torch.tensor([f.num_atoms for f in fragments])
         self.fixed_idx = torch.cat([o + torch.arange(k) for o, k in zip(offsets.tolist(), m.tolist(), strict=True)])
         self.fixed_idx = self.fixed_idx.to(device)
@@ -245,6 +305,22 @@ def _inpaint_batch(
     frag_onehot = torch.nn.functional.one_hot(lay.frag_types, K).to(torch.float64)
     drawn: dict = {}  # categorical: the types drawn for grid point "k" by the last network call: {"k", "h"}
     self_cond: list = [None]  # a self-conditioned denoiser reads its previous clean estimate (as the sampler)
+    # Bond channel: the one-hot class of every atom pair is side state beside the types, under the same
+    # rule: ``bonds_now`` is the network's bond input; free pairs are drawn from the clean-bond logits
+    # (``drawn["b"]``), the fixed pairs (both atoms in the fragment) are a draw of q(b_s | b_F) at the
+    # current level (``known["b"]``; the bridge posterior with ``known_noise="bridge"``).
+    has_bonds = bool(getattr(proc, "has_bonds", False))
+    bonds_now: list = [None]
+    if has_bonds:
+        bp = proc.bond_process
+        pairs = molecule_pairs(batch)
+        fixed_pairs = torch.nonzero(lay.fixed[pairs[0]] & lay.fixed[pairs[1]]).squeeze(1)
+        frag_bonds = [(o + i, o + j, c) for f, o in zip(fragments, lay.offsets.tolist(), strict=True)
+                      for i, j, c in f.bonds]  # type: ignore[union-attr]
+        bond_index = torch.tensor([[i for i, _, _ in frag_bonds], [j for _, j, _ in frag_bonds]], dtype=torch.long)
+        bond_codes = torch.tensor([c for _, _, c in frag_bonds], dtype=torch.long)
+        frag_bond_cls = pair_classes(pairs, bond_index.to(device), bond_codes.to(device), batch.shape[0])[fixed_pairs]
+        frag_bond_onehot = torch.nn.functional.one_hot(frag_bond_cls, bp.num_classes).to(torch.float64)
 
     def gam(k: int) -> torch.Tensor:
         return gammas[k].to(device=device, dtype=dtype).expand(B)
@@ -262,6 +338,14 @@ def _inpaint_batch(
         else:  # q(x_s | x_t, x_F): the categorical forward posterior given the true labels
             probs = tp.posterior_probs(kh_prev.to(torch.float64) * norm_h, frag_onehot, time_k(k_from), time_k(k_to))
         return onehot(tp.sample_categorical(probs, gen))
+
+    def known_bonds(k_to: int, kb_prev: torch.Tensor | None, k_from: int | None) -> torch.Tensor:
+        """Bond channel: the fixed pairs' noisy classes at ``k_to`` (fresh ``q(b_s | b_F)``, or the bridge)."""
+        if kb_prev is None:
+            probs = bp.q_probs(frag_bond_onehot, time_k(k_to))
+        else:  # q(b_s | b_t, b_F)
+            probs = bp.posterior_probs(kb_prev.to(torch.float64), frag_bond_onehot, time_k(k_from), time_k(k_to))
+        return torch.nn.functional.one_hot(bp.sample_categorical(probs, gen), bp.num_classes).to(dtype)
 
     def advance_known(k_to: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The fragment's noisy state at grid point ``k_to`` (see ``known_noise`` in :func:`inpaint`)."""
@@ -284,6 +368,9 @@ def _inpaint_batch(
         if categorical:  # the type channel is discrete: q(x_s | x_F) (fresh) or q(x_s | x_t, x_F) (bridge)
             bridge = known_noise == "bridge" and bool(known)
             z_h = known_types(k_to, known["z"][1] if bridge else None, known["k"] if bridge else None)
+        if has_bonds:  # the fixed pairs' classes: q(b_s | b_F) (fresh) or q(b_s | b_t, b_F) (bridge)
+            bridge = known_noise == "bridge" and bool(known)
+            known["b"] = known_bonds(k_to, known["b"] if bridge else None, known["k"] if bridge else None)
         known["k"], known["z"] = k_to, (remove_mean(z_k[0], fb, B), z_h)
         return known["z"]
 
@@ -296,6 +383,10 @@ def _inpaint_batch(
             if drawn.get("k") != k_to:
                 raise RuntimeError(f"inpainting: no types drawn for grid point {k_to} (solver call order)")
             z_h = drawn["h"].clone()
+        if has_bonds:  # free pairs: drawn from the clean-bond logits; fixed pairs: the noisy fragment bonds
+            b = drawn["b"].clone()
+            b[fixed_pairs] = known["b"]
+            bonds_now[0] = b
         z_pos[fidx] = kp + com_rev[fb]  # kp has zero CoM over the fragment
         z_h[fidx] = kh
         return remove_mean(z_pos, batch, B), z_h
@@ -309,6 +400,10 @@ def _inpaint_batch(
         if categorical:  # the categorical forward transition q(x_t | x_s) for every atom's type
             probs = tp.transition_probs(z[1].to(torch.float64) * norm_h, time_k(k_end), time_k(k))
             z_h = onehot(tp.sample_categorical(probs, gen))
+        if has_bonds:  # q(b_t | b_s) for every pair
+            probs = bp.transition_probs(bonds_now[0].to(torch.float64), time_k(k_end), time_k(k))
+            bonds_now[0] = torch.nn.functional.one_hot(bp.sample_categorical(probs, gen), bp.num_classes).to(dtype)
+            known["b"] = bonds_now[0][fixed_pairs]
         known["k"], known["z"] = k, (remove_mean(z_pos[fidx], fb, B), z_h[fidx])
         return z_pos, z_h
 
@@ -323,24 +418,29 @@ def _inpaint_batch(
                      noise_fn=lambda j: noise_all(), project=lambda zz: replace(zz, k + 1))
 
     def eps_at(z: tuple[torch.Tensor, ...], k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Noise prediction at grid point ``k``; categorical: also draws the types for ``k + 1``."""
+        """Noise prediction at grid point ``k``; categorical: also draws the types (and bonds) for ``k + 1``."""
         t = torch.full((B,), time_k(k), dtype=dtype, device=device)
+        kw = {"bonds": bonds_now[0]} if has_bonds else {}
         if proc.self_conditioning:  # the previous clean estimate is fed back, as in the sampler
-            eps = proc.denoise(z[0], z[1], t, batch, context, self_cond=self_cond[0])
+            eps = proc.denoise(z[0], z[1], t, batch, context, self_cond=self_cond[0], **kw)
             self_cond[0] = proc.x0_from_eps(z[0], z[1], eps, t, batch)
         else:
-            eps = proc.denoise(z[0], z[1], t, batch, context)
+            eps = proc.denoise(z[0], z[1], t, batch, context, **kw)
         if not categorical:
             return eps
         if k < steps:  # x_s ~ p(x_s | x_t) from the clean-type logits (every atom; fixed ones replaced)
             s = torch.full((B,), time_k(k + 1), dtype=dtype, device=device)
             drawn["k"], drawn["h"] = k + 1, proc.reverse_types(z[1] * norm_h, eps[1], t, s, batch, gen) / norm_h
+            if has_bonds:  # b_s ~ p(b_s | b_t) for every pair (fixed pairs replaced)
+                drawn["b"] = proc.reverse_bonds(bonds_now[0], eps[2], t, s, batch, gen)
         return eps[0], torch.zeros_like(z[1])
 
     steps = len(grid) - 1
     z0 = noise_all()
     if categorical:  # x_T from the categorical prior, as the sampler starts
         drawn["k"], drawn["h"] = 0, tp.prior_sample(batch.shape[0], generator=gen, dtype=dtype).to(device) / norm_h
+    if has_bonds:  # b_T from the bond prior, as the sampler starts
+        drawn["b"] = bp.prior_sample(pairs.shape[1], generator=gen, dtype=dtype).to(device)
     z = replace(z0, 0)
     if method != "ancestral" and resample == 1:  # (jump plays no role without resampling)
         # the solver's own multistep scheme over the whole grid; ``project`` runs once after every step
@@ -386,17 +486,29 @@ def _inpaint_batch(
     types[fidx] = lay.frag_types
     charges = charges.clone()
     charges[fidx] = lay.frag_charges.round().to(charges.dtype)
+    bonds = {}
+    if has_bonds:  # the classes drawn at t = 0, the fixed pairs exactly the fragment's; class 0 is dropped
+        cls = bonds_now[0].argmax(1)
+        cls[fixed_pairs] = frag_bond_cls
+        keep = cls > 0
+        bonds = {"bond_index": pairs[:, keep].cpu(), "bond_type": cls[keep].cpu()}
     return InpaintOutput(pos=pos.cpu(), types=types.cpu(), charges=charges.cpu(), batch=batch.cpu(),
-                         fixed=lay.fixed.cpu(), num_graphs=B)
+                         fixed=lay.fixed.cpu(), num_graphs=B, **bonds)
 
 
 def _concat(parts: Sequence[InpaintOutput]) -> InpaintOutput:
     offsets = torch.cumsum(torch.tensor([0] + [p.num_graphs for p in parts[:-1]]), 0).tolist()
+    bonds = {}
+    if parts and all(p.bond_index is not None for p in parts):
+        atom_offsets = torch.cumsum(torch.tensor([0] + [p.pos.shape[0] for p in parts[:-1]]), 0).tolist()
+        bonds = {"bond_index": torch.cat([p.bond_index + o for p, o in zip(parts, atom_offsets, strict=True)],  # type: ignore[operator]
+                                         dim=1),
+                 "bond_type": torch.cat([p.bond_type for p in parts])}  # type: ignore[misc]
     return InpaintOutput(
         pos=torch.cat([p.pos for p in parts]), types=torch.cat([p.types for p in parts]),
         charges=torch.cat([p.charges for p in parts]),
         batch=torch.cat([p.batch + o for p, o in zip(parts, offsets, strict=True)]),
-        fixed=torch.cat([p.fixed for p in parts]), num_graphs=sum(p.num_graphs for p in parts),
+        fixed=torch.cat([p.fixed for p in parts]), num_graphs=sum(p.num_graphs for p in parts), **bonds,
     )
 
 
@@ -405,8 +517,14 @@ def _select(out: InpaintOutput, keep: list[int]) -> list[InpaintOutput]:
     res = []
     for b in keep:
         m = out.batch == b
+        bonds = {}
+        if out.bond_index is not None and out.bond_type is not None:
+            first = int(torch.nonzero(m)[0])
+            mine = out.batch[out.bond_index[0]] == b
+            bonds = {"bond_index": out.bond_index[:, mine] - first, "bond_type": out.bond_type[mine]}
         res.append(InpaintOutput(pos=out.pos[m], types=out.types[m], charges=out.charges[m],
-                                 batch=torch.zeros(int(m.sum()), dtype=torch.long), fixed=out.fixed[m], num_graphs=1))
+                                 batch=torch.zeros(int(m.sum()), dtype=torch.long), fixed=out.fixed[m], num_graphs=1,
+                                 **bonds))
     return res
 
 
@@ -422,8 +540,9 @@ def inpaint(
 
     Args:
         process: the trained diffusion process (Gaussian or categorical atom types, any
-            parameterization, self-conditioned or not).
-        fragments: one :class:`Fragment` used for every molecule, or one per molecule.
+            parameterization, self-conditioned or not, with or without a bond channel).
+        fragments: one :class:`Fragment` used for every molecule, or one per molecule (with
+            ``bonds`` for a model with a bond channel: they are kept exactly).
         num_atoms: ``[B]`` total atom counts (fragment included), each larger than its fragment.
         steps: denoising steps (default ``T``); with ``resample = R`` the network runs about
             ``steps * R`` times.
@@ -448,12 +567,11 @@ def inpaint(
             was slightly better (24 QM9 completions: atom stability 70 % vs 67 %).
 
     Returns:
-        :class:`InpaintOutput` on the CPU, fixed atoms first in every molecule.
+        :class:`InpaintOutput` on the CPU, fixed atoms first in every molecule (with the model's
+        bonds, ``bond_index`` / ``bond_type``, for a model with a bond channel).
     """
     if method not in SAMPLERS:
         raise ValueError(f"unknown sampler {method!r}; allowed: {list(SAMPLERS)}")
-    if getattr(process, "has_bonds", False):
-        raise ValueError("fixed-fragment sampling (--fix / --grow) does not support models with a bond channel yet")
     if int(resample) < 1:
         raise ValueError(f"resample must be >= 1, got {resample}")
     if int(jump) < 1:
@@ -474,6 +592,13 @@ def inpaint(
             raise ValueError(f"molecule {b}: {n} atoms leave nothing to generate around a {f.num_atoms}-atom fragment")
         if int(f.types.max()) >= process.num_classes or int(f.types.min()) < 0:
             raise ValueError("fragment atom type outside the model's vocabulary")
+        if getattr(process, "has_bonds", False):
+            if f.bonds is None:
+                raise ValueError("this model has a bond channel: the fragment needs its bonds (Fragment.bonds; "
+                                 "give the fragment as an SDF file)")
+            if any(c >= process.bond_process.num_classes for _, _, c in f.bonds):
+                raise ValueError(f"fragment bond code outside the model's {process.bond_process.num_classes} "
+                                 "bond classes")
     T = process.timesteps
     grid = timestep_grid(T, T if steps is None else int(steps))
     device = torch.device(device) if device is not None else next(process.parameters()).device
