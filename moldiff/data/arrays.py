@@ -11,6 +11,10 @@ Optional chemistry (datasets imported from SDF or built from SMILES carry it; QM
   atom indices ``(i, j)`` with ``i < j``; ``bond_type [E]`` holds the code of
   :data:`moldiff.constants.BOND_ORDERS`: 1 single, 2 double, 3 triple, 4 aromatic.
 * ``formal_charge [A]`` int8 per-atom formal charges.
+* ``has_bonds_mask [M]`` bool, only for sets whose bonds are unknown for some molecules (QM9's bonds
+  are derived from the geometry and the SMILES, which fails for a handful): ``False`` rows store no
+  bonds, and NOT because they have none; bond models leave them out. Without it every molecule's
+  bonds are known.
 
 Files with either are written as layout version 2; files without stay version 1.
 """
@@ -29,7 +33,7 @@ from moldiff.constants import ATOMIC_NUMBERS, BOND_ORDERS, SYMBOLS
 FORMAT_VERSION = 2
 _READABLE_VERSIONS = (1, 2)
 _PROP_PREFIX = "prop__"
-_CHEMISTRY_KEYS = ("bond_index", "bond_type", "bond_ptr", "formal_charge")
+_CHEMISTRY_KEYS = ("bond_index", "bond_type", "bond_ptr", "formal_charge", "has_bonds_mask")
 
 #: One molecule's bonds: ``[(i, j, code), ...]`` with molecule-local atom indices and the codes of
 #: :data:`~moldiff.constants.BOND_ORDERS`.
@@ -110,6 +114,8 @@ class MoleculeArrays:
         bond_type: ``[E]`` uint8 bond-type codes (1, 2, 3, 4 = aromatic), or ``None``.
         bond_ptr: ``[M + 1]`` int64 bond offsets, or ``None``.
         formal_charge: ``[A]`` int8 formal charges, or ``None``.
+        has_bonds_mask: ``[M]`` bool, ``False`` for molecules whose bonds are unknown (they store
+            none), or ``None`` (every molecule's bonds are known); needs bonds.
     """
 
     pos: np.ndarray
@@ -124,6 +130,7 @@ class MoleculeArrays:
     bond_type: np.ndarray | None = None
     bond_ptr: np.ndarray | None = None
     formal_charge: np.ndarray | None = None
+    has_bonds_mask: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         m, a = len(self.ptr) - 1, len(self.atomic_numbers)
@@ -148,6 +155,8 @@ class MoleculeArrays:
     def _check_bonds(self) -> None:
         parts = (self.bond_index, self.bond_type, self.bond_ptr)
         if all(p is None for p in parts):
+            if self.has_bonds_mask is not None:
+                raise ValueError("has_bonds_mask needs bonds")
             return
         if any(p is None for p in parts):
             raise ValueError("bond_index, bond_type and bond_ptr must be given together")
@@ -164,6 +173,12 @@ class MoleculeArrays:
                 raise ValueError("bond_index holds a bond of an atom to itself")
             if not set(np.unique(self.bond_type).tolist()) <= set(BOND_ORDERS):
                 raise ValueError(f"bond_type codes must be in {sorted(BOND_ORDERS)}")
+        mask = self.has_bonds_mask
+        if mask is not None:
+            if np.shape(mask) != (len(self.ptr) - 1,) or np.asarray(mask).dtype != np.bool_:
+                raise ValueError(f"has_bonds_mask must be a bool array of shape [{len(self.ptr) - 1}]")
+            if np.any(np.diff(bptr)[~mask]):
+                raise ValueError("molecules outside has_bonds_mask must store no bonds")
 
     # ------------------------------------------------------------------ views
     @property
@@ -200,6 +215,15 @@ class MoleculeArrays:
             raise ValueError("this molecule set stores no bonds")
         return np.diff(self.bond_ptr)
 
+    @property
+    def bonds_known(self) -> np.ndarray:
+        """``[M]`` bool: whose bonds are stored (all if bonds are stored without a mask, none without bonds)."""
+        if self.bond_ptr is None:
+            return np.zeros(self.num_molecules, dtype=bool)
+        if self.has_bonds_mask is None:
+            return np.ones(self.num_molecules, dtype=bool)
+        return np.asarray(self.has_bonds_mask, dtype=bool)
+
     def bonds(self, i: int) -> list[tuple[int, int, int]]:
         """``[(i, j, code), ...]`` molecule-local bonds of molecule ``i`` (raises if none are stored)."""
         i = range(self.num_molecules)[i]
@@ -234,7 +258,8 @@ class MoleculeArrays:
             b_counts = self.n_bonds[rows]
             sel = atom_ranges(self.bond_ptr[rows], b_counts)
             bonds = {"bond_index": self.bond_index[sel], "bond_type": self.bond_type[sel],
-                     "bond_ptr": _offsets(b_counts)}
+                     "bond_ptr": _offsets(b_counts),
+                     "has_bonds_mask": None if self.has_bonds_mask is None else self.has_bonds_mask[rows]}
         return MoleculeArrays(
             pos=self.pos[atoms],
             atomic_numbers=self.atomic_numbers[atoms],
@@ -266,7 +291,8 @@ class MoleculeArrays:
             new_ptr = _offsets(counts)
             local = new_global[glob[keep_bond]] - new_ptr[bond_mol[keep_bond]][:, None]
             bonds = {"bond_index": local.astype(np.int32), "bond_type": self.bond_type[keep_bond],
-                     "bond_ptr": _offsets(np.bincount(bond_mol[keep_bond], minlength=self.num_molecules))}
+                     "bond_ptr": _offsets(np.bincount(bond_mol[keep_bond], minlength=self.num_molecules)),
+                     "has_bonds_mask": self.has_bonds_mask}
         return MoleculeArrays(
             pos=self.pos[keep],
             atomic_numbers=self.atomic_numbers[keep],
@@ -313,6 +339,8 @@ class MoleculeArrays:
         if first.bond_ptr is not None:
             bonds = {"bond_index": cat("bond_index"), "bond_type": cat("bond_type"),
                      "bond_ptr": _offsets(np.concatenate([p.n_bonds for p in parts]))}
+            if any(p.has_bonds_mask is not None for p in parts):
+                bonds["has_bonds_mask"] = np.concatenate([p.bonds_known for p in parts])
         return cls(
             pos=np.concatenate([p.pos for p in parts]),
             atomic_numbers=np.concatenate([p.atomic_numbers for p in parts]),
@@ -343,7 +371,7 @@ class MoleculeArrays:
         properties: Mapping[str, Sequence[float]] | None = None,
         elements: Sequence[str] | None = None,
         *,
-        bonds: Sequence[BondList] | None = None,
+        bonds: Sequence[BondList | None] | None = None,
         formal_charges: Sequence[Sequence[int]] | None = None,
         smiles: Sequence[str] | None = None,
         index: Sequence[int] | None = None,
@@ -356,7 +384,8 @@ class MoleculeArrays:
             properties: name -> ``[M]`` values.
             elements: vocabulary (default: the elements present, sorted by atomic number).
             bonds: per molecule ``[(i, j, code), ...]`` (local indices; codes 1, 2, 3, 4 = aromatic);
-                stored with ``i < j``, in the given order.
+                stored with ``i < j``, in the given order. ``None`` for a molecule whose bonds are
+                unknown (it gets ``has_bonds_mask`` ``False``).
             formal_charges: per molecule ``n`` integer formal charges.
             smiles: per molecule SMILES.
             index: per molecule source index (default ``1..M``).
@@ -379,10 +408,13 @@ class MoleculeArrays:
         if bonds is not None:
             if len(bonds) != m:
                 raise ValueError(f"bonds must have {m} entries, got {len(bonds)}")
+            known = np.array([b is not None for b in bonds], dtype=bool)
+            bonds = [b if b is not None else [] for b in bonds]
             flat = [(min(i, j), max(i, j), t) for mol_bonds in bonds for i, j, t in mol_bonds]
             arr = np.array(flat, dtype=np.int64).reshape(-1, 3)
             extra.update(bond_index=arr[:, :2].astype(np.int32), bond_type=arr[:, 2].astype(np.uint8),
-                         bond_ptr=_offsets(np.array([len(b) for b in bonds], dtype=np.int64)))
+                         bond_ptr=_offsets(np.array([len(b) for b in bonds], dtype=np.int64)),
+                         has_bonds_mask=None if known.all() else known)
         if formal_charges is not None:
             fc = [np.asarray(c, dtype=np.int8).reshape(-1) for c in formal_charges]
             if len(fc) != m or any(len(c) != n for c, n in zip(fc, counts, strict=True)):

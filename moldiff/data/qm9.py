@@ -5,6 +5,10 @@ molecules already removed. Molecules are sorted by GDB index, which is EDM's row
 ``shared/reference/edm_protocol.md`` §3). Units follow EDM: mu in D, alpha in Bohr³, homo/lumo/gap
 in meV, Cv in cal/(mol K) with the atom reference subtracted (``Cv − 2.981·N_atoms``).
 
+QM9 ships no bonds; ``load_qm9(bonds=True)`` (what ``moldiff data prepare`` runs) derives kekulised
+bonds and formal charges from the geometry and the SMILES (:mod:`moldiff.data.qm9_bonds`, ~1 min on
+one core) and adds them to the cache, upgrading a cache written without them.
+
 The ``qm9pack`` package is located with ``importlib`` and never imported (its ``__init__`` needs
 ``pkg_resources``).
 """
@@ -156,11 +160,17 @@ def build_qm9(progress: bool = True) -> MoleculeArrays:
     return replace(arrays, properties=props)
 
 
+def qm9_bond_report_path(root: str | Path | None = None) -> Path:
+    """``<root>/qm9/processed/bond_report.tsv``: the molecules whose bonds were not taken from the SMILES."""
+    return qm9_cache_path(root).with_name("bond_report.tsv")
+
+
 def load_qm9(
     root: str | Path | None = None,
     progress: bool = True,
     rebuild: bool = False,
     log: Callable[[str], None] | None = None,
+    bonds: bool = False,
 ) -> MoleculeArrays:
     """Load QM9, building the cache ``<root>/qm9/processed/qm9.npz`` on first use.
 
@@ -169,6 +179,9 @@ def load_qm9(
         progress: show a progress bar while building.
         rebuild: ignore an existing cache.
         log: called with one line when the cache is built.
+        bonds: make sure the cache holds bonds: derive them (:mod:`moldiff.data.qm9_bonds`) when it
+            does not, write ``bond_report.tsv`` next to it and save it again (atomically). Without
+            it a cache is returned as it is, with or without bonds.
 
     Returns:
         The 130,831 QM9 molecules, row ``i`` = ``i``-th smallest GDB index.
@@ -179,14 +192,23 @@ def load_qm9(
         (130831, ('H', 'C', 'N', 'O', 'F'))
     """
     path = qm9_cache_path(root)
+    arrays = None
     if path.is_file() and not rebuild:
         try:
-            arrays = MoleculeArrays.load(path)
-            if arrays.num_molecules == QM9_NUM_MOLECULES and "Cv" in arrays.properties:
-                return arrays
+            cached = MoleculeArrays.load(path)
+            if cached.num_molecules == QM9_NUM_MOLECULES and "Cv" in cached.properties:
+                if cached.has_bonds or not bonds:
+                    return cached
+                arrays = cached  # a cache without bonds: add them below
         except (ValueError, OSError, KeyError):
             pass  # stale or corrupt cache: rebuild below
-    arrays = build_qm9(progress=progress)
+    if arrays is None:
+        arrays = build_qm9(progress=progress)
+    if bonds:
+        from moldiff.data.qm9_bonds import derive_dataset_bonds, write_bond_report
+
+        arrays, report = derive_dataset_bonds(arrays, progress=progress, log=log)
+        write_bond_report(qm9_bond_report_path(root), report, arrays)
     arrays.save(path)
     if log is not None:
         log(f"wrote {path}")

@@ -373,7 +373,7 @@ class EquivariantDiffusion(nn.Module):
         if self.has_bonds:
             if mol.bond_index is None:
                 raise ValueError("a model with a bond channel needs training data with bonds (an SDF or SMILES "
-                                 "dataset; QM9 from qm9pack stores none)")
+                                 "dataset, or QM9 after `moldiff data prepare`, which derives them)")
             pairs = molecule_pairs(batch)
             classes = pair_classes(pairs, mol.bond_index, mol.bond_type, batch.shape[0])
             x0_bonds = torch.nn.functional.one_hot(classes, self.bond_process.num_classes).to(pos.dtype)

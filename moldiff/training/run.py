@@ -44,19 +44,41 @@ def dataset_statistics(arrays: Any, rows: Any, conditioning: tuple[str, ...], da
     )
 
 
+def _require_bonds(arrays: Any) -> None:
+    if not arrays.has_bonds:
+        raise ValueError("diffusion.bonds 'categorical' needs a dataset with bonds (built from SMILES or SDF "
+                         "with `moldiff data build` / `moldiff data import`; QM9: run `moldiff data prepare`, "
+                         "which derives them); this one stores none")
+
+
 def bond_class_counts(arrays: Any, rows: np.ndarray, num_classes: int) -> torch.Tensor:
     """``[K_b]`` counts of the bond classes over all atom pairs of molecules ``rows`` (class 0: no bond).
 
     The limit of a categorical bond channel; raises ``ValueError`` when the dataset stores no bonds.
     """
-    if not arrays.has_bonds:
-        raise ValueError("diffusion.bonds 'categorical' needs a dataset with bonds (built from SMILES or SDF "
-                         "with `moldiff data build` / `moldiff data import`); this one stores none")
+    _require_bonds(arrays)
     n = arrays.n_atoms[rows].astype(np.int64)
     sel = atom_ranges(arrays.bond_ptr[rows], arrays.n_bonds[rows])
     counts = np.bincount(arrays.bond_type[sel].astype(np.int64), minlength=num_classes).astype(np.float64)
     counts[0] = float((n * (n - 1) // 2).sum()) - counts[1:].sum()
     return torch.as_tensor(counts, dtype=torch.float64)
+
+
+def rows_with_bonds(arrays: Any, rows: np.ndarray, what: str = "training") -> np.ndarray:
+    """``rows`` without the molecules whose bonds are unknown (``has_bonds_mask`` False), for a bond model.
+
+    Prints how many were dropped (nothing when none). Raises ``ValueError`` when the dataset stores
+    no bonds (see :func:`bond_class_counts`).
+    """
+    _require_bonds(arrays)
+    rows = np.asarray(rows)
+    keep = arrays.bonds_known[rows]
+    if not keep.all():
+        import sys
+
+        print(f"diffusion.bonds 'categorical': dropped {int((~keep).sum())} of {len(rows)} {what} molecules "
+              "whose bonds are unknown (has_bonds_mask)", file=sys.stderr)
+    return rows[keep]
 
 
 def run_training(
@@ -95,6 +117,10 @@ def run_training(
         val_rows = None
     if val_rows is not None and tc.val_molecules:
         val_rows = val_rows[: tc.val_molecules]
+    if config.diffusion.bonds == "categorical":  # a bond model never sees a molecule whose bonds are unknown
+        rows = rows_with_bonds(arrays, rows, "training")
+        if val_rows is not None:
+            val_rows = rows_with_bonds(arrays, val_rows, "validation")
     n_val = 0 if val_rows is None else len(val_rows)
     if len(rows) == 0 or n_val == 0:
         raise ValueError(f"dataset {dc.dataset!r} is too small to split: {len(rows)} training and {n_val} "
