@@ -403,7 +403,6 @@ def _sample_to_file(args: argparse.Namespace, model: MolDiff, fmt: str, target: 
             for batch in ordered:
                 if args.evaluate:
                     molecules.extend(_sampled_records(batch))
-                bonds = [b for _, _, b in batch]
                 if model.has_bonds:  # the model's bonds (+ RDKit's hydrogens for heavy-atom models)
                     add_h = args.add_hydrogens and model.adds_hydrogens
                     mols = [to_rdkit(sym, pos, b, add_hydrogens=add_h) for sym, pos, b in batch]

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from moldiff.conditioning import context_width
-from moldiff.constants import BOND_ORDERS
 from moldiff.config import ExperimentConfig
+from moldiff.constants import BOND_ORDERS
 from moldiff.diffusion.categorical import CategoricalDiffusion
 from moldiff.diffusion.parameterization import LossWeighting
 from moldiff.diffusion.process import EquivariantDiffusion
 from moldiff.diffusion.schedules import NoiseSchedule
 from moldiff.models.registry import ModelSpec, register_model
 from moldiff.nn.denoiser import EGNNDenoiser
-
 
 #: Bond classes of a categorical bond channel: 0 = no bond, then the codes of ``BOND_ORDERS`` (1..4).
 BOND_CLASSES = 1 + len(BOND_ORDERS)

@@ -29,7 +29,8 @@ def test_molecule_pairs_are_every_pair_once(sizes):
     batch = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
     pairs = molecule_pairs(batch)
     first = np.cumsum([0, *sizes[:-1]])
-    expected = [(f + i, f + j) for f, n in zip(first, sizes, strict=True) for i, j in itertools.combinations(range(n), 2)]
+    expected = [(f + i, f + j) for f, n in zip(first, sizes, strict=True)
+                for i, j in itertools.combinations(range(n), 2)]
     assert [tuple(p) for p in pairs.t().tolist()] == expected
     edges = fully_connected_edges(batch)  # the directed edges restricted to i < j, in the same order
     assert torch.equal(edges[:, edges[0] < edges[1]], pairs)
