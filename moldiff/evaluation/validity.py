@@ -157,6 +157,11 @@ def quiet_stderr() -> Iterator[None]:
         os.close(saved)
 
 
+#: Atoms closer than this (Å) make :func:`perceive_bonds_rdkit` report an overlap instead of calling
+#: RDKit (whose Hückel step crashes on them); the shortest chemical bond, H2, is 0.74 Å.
+MIN_ATOM_DISTANCE = 0.3
+
+
 def perceive_bonds_rdkit(
     symbols: Sequence[str], pos: np.ndarray, charge: int = 0, use_hueckel: bool = True
 ) -> tuple[Chem.Mol | None, str | None]:
@@ -177,6 +182,16 @@ def perceive_bonds_rdkit(
     Returns:
         ``(mol, None)`` with a sanitised molecule carrying the input conformer, or ``(None, reason)``.
     """
+    pos = np.asarray(pos, dtype=np.float64)
+    if len(pos) > 1:
+        # Atoms on top of each other (generated molecules have them) crash YAeHMOP's Hückel step with a
+        # segmentation fault (RDKit 2025, seen on a sampled molecule with two atoms 0.0007 Å apart);
+        # no chemical bond is shorter than H2's 0.74 Å, so such a geometry has no valid bonding anyway.
+        d = np.linalg.norm(pos[:, None, :] - pos[None, :, :], axis=-1)
+        np.fill_diagonal(d, np.inf)
+        if float(d.min()) < MIN_ATOM_DISTANCE:
+            i, j = np.unravel_index(int(np.argmin(d)), d.shape)
+            return None, f"atoms {min(i, j) + 1} and {max(i, j) + 1} overlap ({float(d.min()):.3f} Å apart)"
     mol = Chem.MolFromXYZBlock(_xyz_block(symbols, pos))
     if mol is None:
         return None, "rdkit could not read coordinates"

@@ -144,3 +144,12 @@ def test_mixed_input_scores_own_bonds_over_bonded_molecules_only(tmp_path):
     assert s["atom_stability_own_bonds"] == pytest.approx(13 / 15)
     assert s["validity_own_bonds"] == pytest.approx(0.5)
     assert s["num_molecules"] == 3
+
+
+def test_rdkit_perception_refuses_overlapping_atoms_instead_of_crashing():
+    """YAeHMOP's Hückel step segfaults on near-coincident atoms (a sampled drug-like molecule did)."""
+    from moldiff.evaluation.validity import perceive_bonds_rdkit
+
+    pos = np.array([[0.0, 0.0, 0.0], [1.09, 0.0, 0.0], [1.0907, 0.0, 0.0], [-0.4, 1.0, 0.0]])
+    mol, why = perceive_bonds_rdkit(["C", "H", "H", "H"], pos)
+    assert mol is None and "overlap" in why and "atoms 2 and 3" in why
