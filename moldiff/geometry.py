@@ -133,12 +133,14 @@ def molecule_pairs(batch: torch.Tensor) -> torch.Tensor:
     return torch.stack([row, row + 1 + offset])
 
 
-def pair_lookup(pairs: torch.Tensor, index: torch.Tensor, num_atoms: int) -> torch.Tensor:
+def pair_lookup(pairs: torch.Tensor, index: torch.Tensor, num_atoms: int, check: bool = True) -> torch.Tensor:
     """Position in ``pairs`` (:func:`molecule_pairs`) of every atom pair in ``index [2, E]``, either order.
 
     Used to give every directed edge ``(i, j)`` and ``(j, i)`` the label of its unordered pair, and
     to place a molecule's bonds among its pairs. Raises ``ValueError`` for a pair that is not in
-    ``pairs`` (atoms of different molecules, or ``i == j``).
+    ``pairs`` (atoms of different molecules, or ``i == j``); ``check=False`` skips that test (a
+    device sync that also breaks ``torch.compile`` graphs) for inputs valid by construction, such
+    as the network's own fully connected edges.
 
     >>> p = molecule_pairs(torch.tensor([0, 0, 0]))
     >>> pair_lookup(p, torch.tensor([[2, 0], [1, 1]]), 3).tolist()
@@ -148,6 +150,8 @@ def pair_lookup(pairs: torch.Tensor, index: torch.Tensor, num_atoms: int) -> tor
     lo, hi = torch.minimum(index[0], index[1]), torch.maximum(index[0], index[1])
     query = lo * num_atoms + hi
     pos = torch.searchsorted(keys, query).clamp_(max=max(keys.shape[0] - 1, 0))
+    if not check:
+        return pos
     if keys.numel() == 0 and query.numel():
         raise ValueError("atom pairs given, but the batch has no pairs")
     if query.numel() and not bool((keys[pos] == query).all()):
