@@ -27,12 +27,14 @@ Only public methods of :class:`~moldiff.diffusion.process.EquivariantDiffusion` 
 ``sample_p_xh_given_z0``) together with the solvers of :mod:`moldiff.sampling.solvers`, so new
 noise parameterizations (which keep :meth:`denoise` returning a noise prediction, e.g. ``x0``) work
 unchanged. Processes with categorical atom types (``type_process``) are handled as the sampler
-handles them: the state's ``h`` holds the current one-hot types, every free atom's type at the next
-grid point is drawn from the network's clean-type logits (``reverse_types``), and the fixed atoms'
-types are replaced by a draw of the categorical forward process ``q(x_s | x_F)`` at the current
-level (``q(x_s | x_t, x_F)`` with ``known_noise="bridge"``; resampling re-noises every type with
-``q(x_t | x_s)``). Self-conditioned denoisers get their previous clean estimate fed back, as in the
-sampler (the network's own estimate, also for the fixed atoms: that is what it was trained with).
+handles them (the network call and the discrete channels are the sampler's
+:class:`~moldiff.sampling.channels.DiscreteChannels`): the state's ``h`` holds the current one-hot
+types, every free atom's type at the next grid point is drawn from the network's clean-type logits
+(``reverse_types``), and the fixed atoms' types are replaced by a draw of the categorical forward
+process ``q(x_s | x_F)`` at the current level (``q(x_s | x_t, x_F)`` with ``known_noise="bridge"``;
+resampling re-noises every type with ``q(x_t | x_s)``). Self-conditioned denoisers get their
+previous clean estimate fed back, as in the sampler (the network's own estimate, also for the fixed
+atoms: that is what it was trained with).
 
 Bond channel (``bond_process``, ``has_bonds``): the one-hot bond class of every atom pair
 (:func:`~moldiff.geometry.molecule_pairs`) is side state beside the categorical types, handled by
@@ -70,7 +72,8 @@ from tqdm.auto import tqdm
 
 from moldiff.diffusion.process import EquivariantDiffusion
 from moldiff.diffusion.schedules import NoiseSchedule
-from moldiff.geometry import molecule_pairs, pair_classes, remove_mean, scatter_mean
+from moldiff.geometry import pair_classes, remove_mean, scatter_mean
+from moldiff.sampling.channels import DiscreteChannels
 from moldiff.sampling.sampler import SAMPLERS, batch_seed, plan_batches, timestep_grid
 from moldiff.sampling.solvers import grid_gammas, solve
 from moldiff.types import MolBatch
@@ -289,31 +292,32 @@ def _inpaint_batch(
     fb, fb_cpu = lay.frag_batch, lay.frag_batch.cpu()
     stochastic = method in ("ancestral", "dpm2sde") or resample > 1
     known: dict = {}  # the fragment's noisy state in its own CoM frame: {"k": grid index, "z": (pos, h)}
-    # Categorical atom types (``type_process``): as in the sampler, the state's ``h`` holds the current
-    # one-hot types / norm_h (the network's type input); the network's feature output is the clean-type
-    # logits, from which every free atom's type at the next grid point is drawn (``reverse_types``).
-    # The fixed atoms' types enter every step as a draw of the categorical forward process
-    # ``q(x_s | x_F)`` at the current level (not as clean labels): the denoiser was only trained on
+    # The network call and its side state are the sampler's (:class:`DiscreteChannels`). Categorical atom
+    # types (``type_process``): the state's ``h`` is ``channels.types``, the current one-hot types / norm_h
+    # (the network's type input); the network call draws every atom's type for the next grid point from
+    # the clean-type logits (``reverse_types``; ``drawn_for``), and ``replace`` then gives the fixed atoms
+    # their rows. The self-conditioning estimate is the network's own, also for the fixed atoms (that is
+    # what it was trained with). The fixed atoms' types enter every step as a draw of the categorical
+    # forward process ``q(x_s | x_F)`` at the current level (not as clean labels): the denoiser was only trained on
     # inputs whose every type is a q-sample at the positions' noise level, and clean labels at high t
     # would be a joint input it never saw (a whole fragment with all labels kept has probability
     # prod(abar_t + (1 - abar_t) m_k) under q). This is RePaint's rule, applied to both channels alike;
     # the output gets the exact labels at t = 0 anyway.
+    channels = DiscreteChannels(proc, batch, context, gen)
+    drawn_for: list = [None]  # categorical: the grid point the last network call drew the channels for
     tp = proc.type_process
-    categorical = tp is not None
+    categorical = channels.categorical
     norm_h = proc.norm_values[1]
     K = proc.num_classes
     frag_onehot = torch.nn.functional.one_hot(lay.frag_types, K).to(torch.float64)
-    drawn: dict = {}  # categorical: the types drawn for grid point "k" by the last network call: {"k", "h"}
-    self_cond: list = [None]  # a self-conditioned denoiser reads its previous clean estimate (as the sampler)
     # Bond channel: the one-hot class of every atom pair is side state beside the types, under the same
-    # rule: ``bonds_now`` is the network's bond input; free pairs are drawn from the clean-bond logits
-    # (``drawn["b"]``), the fixed pairs (both atoms in the fragment) are a draw of q(b_s | b_F) at the
-    # current level (``known["b"]``; the bridge posterior with ``known_noise="bridge"``).
-    has_bonds = bool(getattr(proc, "has_bonds", False))
-    bonds_now: list = [None]
+    # rule: ``channels.bonds`` is the network's bond input; free pairs are drawn from the clean-bond
+    # logits, the fixed pairs (both atoms in the fragment) are a draw of q(b_s | b_F) at the current
+    # level (``known["b"]``; the bridge posterior with ``known_noise="bridge"``).
+    has_bonds = channels.has_bonds
     if has_bonds:
         bp = proc.bond_process
-        pairs = molecule_pairs(batch)
+        pairs = channels.pairs
         fixed_pairs = torch.nonzero(lay.fixed[pairs[0]] & lay.fixed[pairs[1]]).squeeze(1)
         frag_bonds = [(o + i, o + j, c) for f, o in zip(fragments, lay.offsets.tolist(), strict=True)
                       for i, j, c in f.bonds]  # type: ignore[union-attr]
@@ -378,17 +382,16 @@ def _inpaint_batch(
         """Fixed atoms <- the noisy fragment at ``k_to``, translated to the CoM the reverse step gave them."""
         kp, kh = advance_known(k_to)
         com_rev = scatter_mean(z[0][fidx], fb, B)
-        z_pos, z_h = z[0].clone(), z[1].clone()
-        if categorical:  # free atoms: the types drawn from the network's logits for this grid point
-            if drawn.get("k") != k_to:
-                raise RuntimeError(f"inpainting: no types drawn for grid point {k_to} (solver call order)")
-            z_h = drawn["h"].clone()
-        if has_bonds:  # free pairs: drawn from the clean-bond logits; fixed pairs: the noisy fragment bonds
-            b = drawn["b"].clone()
-            b[fixed_pairs] = known["b"]
-            bonds_now[0] = b
+        z_pos = z[0].clone()
         z_pos[fidx] = kp + com_rev[fb]  # kp has zero CoM over the fragment
-        z_h[fidx] = kh
+        if categorical:  # free atoms / pairs: drawn from the network's logits; fixed: the noisy fragment
+            if drawn_for[0] != k_to:
+                raise RuntimeError(f"inpainting: no types drawn for grid point {k_to} (solver call order)")
+            channels.fix(fidx, kh, fixed_pairs if has_bonds else None, known.get("b"))
+            z_h, drawn_for[0] = channels.types, None
+        else:
+            z_h = z[1].clone()
+            z_h[fidx] = kh
         return remove_mean(z_pos, batch, B), z_h
 
     def renoise(z: tuple[torch.Tensor, torch.Tensor], k: int, k_end: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -397,13 +400,11 @@ def _inpaint_batch(
         e_pos, e_h = noise_all()
         z_pos, z_h = proc.q_sample(z[0], z[1], g, batch, e_pos, e_h)
         z_pos = remove_mean(z_pos, batch, B)
-        if categorical:  # the categorical forward transition q(x_t | x_s) for every atom's type
-            probs = tp.transition_probs(z[1].to(torch.float64) * norm_h, time_k(k_end), time_k(k))
-            z_h = onehot(tp.sample_categorical(probs, gen))
-        if has_bonds:  # q(b_t | b_s) for every pair
-            probs = bp.transition_probs(bonds_now[0].to(torch.float64), time_k(k_end), time_k(k))
-            bonds_now[0] = torch.nn.functional.one_hot(bp.sample_categorical(probs, gen), bp.num_classes).to(dtype)
-            known["b"] = bonds_now[0][fixed_pairs]
+        if categorical:  # the categorical forward transitions q(x_t | x_s) (every type), q(b_t | b_s) (every pair)
+            channels.renoise(time_k(k_end), time_k(k))
+            z_h = channels.types
+        if has_bonds:
+            known["b"] = channels.bonds[fixed_pairs]
         known["k"], known["z"] = k, (remove_mean(z_pos[fidx], fb, B), z_h[fidx])
         return z_pos, z_h
 
@@ -420,27 +421,15 @@ def _inpaint_batch(
     def eps_at(z: tuple[torch.Tensor, ...], k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Noise prediction at grid point ``k``; categorical: also draws the types (and bonds) for ``k + 1``."""
         t = torch.full((B,), time_k(k), dtype=dtype, device=device)
-        kw = {"bonds": bonds_now[0]} if has_bonds else {}
-        if proc.self_conditioning:  # the previous clean estimate is fed back, as in the sampler
-            eps = proc.denoise(z[0], z[1], t, batch, context, self_cond=self_cond[0], **kw)
-            self_cond[0] = proc.x0_from_eps(z[0], z[1], eps, t, batch)
-        else:
-            eps = proc.denoise(z[0], z[1], t, batch, context, **kw)
-        if not categorical:
-            return eps
-        if k < steps:  # x_s ~ p(x_s | x_t) from the clean-type logits (every atom; fixed ones replaced)
-            s = torch.full((B,), time_k(k + 1), dtype=dtype, device=device)
-            drawn["k"], drawn["h"] = k + 1, proc.reverse_types(z[1] * norm_h, eps[1], t, s, batch, gen) / norm_h
-            if has_bonds:  # b_s ~ p(b_s | b_t) for every pair (fixed pairs replaced)
-                drawn["b"] = proc.reverse_bonds(bonds_now[0], eps[2], t, s, batch, gen)
-        return eps[0], torch.zeros_like(z[1])
+        s = torch.full((B,), time_k(k + 1), dtype=dtype, device=device) if k < steps else None
+        if categorical and s is not None:  # every atom and pair drawn for k + 1 (the fixed ones replaced then)
+            drawn_for[0] = k + 1
+        return channels.predict(z[0], z[1], t, s)
 
     steps = len(grid) - 1
     z0 = noise_all()
-    if categorical:  # x_T from the categorical prior, as the sampler starts
-        drawn["k"], drawn["h"] = 0, tp.prior_sample(batch.shape[0], generator=gen, dtype=dtype).to(device) / norm_h
-    if has_bonds:  # b_T from the bond prior, as the sampler starts
-        drawn["b"] = bp.prior_sample(pairs.shape[1], generator=gen, dtype=dtype).to(device)
+    channels.start(dtype, device)  # x_T and b_T from the categorical priors, as the sampler starts
+    drawn_for[0] = 0
     z = replace(z0, 0)
     if method != "ancestral" and resample == 1:  # (jump plays no role without resampling)
         # the solver's own multistep scheme over the whole grid; ``project`` runs once after every step
@@ -487,11 +476,8 @@ def _inpaint_batch(
     charges = charges.clone()
     charges[fidx] = lay.frag_charges.round().to(charges.dtype)
     bonds = {}
-    if has_bonds:  # the classes drawn at t = 0, the fixed pairs exactly the fragment's; class 0 is dropped
-        cls = bonds_now[0].argmax(1)
-        cls[fixed_pairs] = frag_bond_cls
-        keep = cls > 0
-        bonds = {"bond_index": pairs[:, keep].cpu(), "bond_type": cls[keep].cpu()}
+    if has_bonds:  # the classes drawn at t = 0, the fixed pairs exactly the fragment's
+        bonds = {key: v.cpu() for key, v in channels.bond_output(fixed_pairs, frag_bond_cls).items()}
     return InpaintOutput(pos=pos.cpu(), types=types.cpu(), charges=charges.cpu(), batch=batch.cpu(),
                          fixed=lay.fixed.cpu(), num_graphs=B, **bonds)
 

@@ -5,7 +5,9 @@ sub-sequence of the ``T + 1`` integer timesteps; the ancestral transition ``p(z_
 for any ``s < t``, so no retraining is needed. Every sampler is a solver of
 :mod:`moldiff.sampling.solvers`: EDM's ancestral sampler (which calls back into the process for its
 exact step), the deterministic DDIM, the second-order DPM-Solver++(2M) and its stochastic variant
-SDE-DPM-Solver++(2M), meant for fewer steps. Every sampler is reproducible from a seed.
+SDE-DPM-Solver++(2M), meant for fewer steps. Every sampler is reproducible from a seed. The network
+call and what it reads and drives beside the positions (categorical atom types, the bond channel, the
+self-conditioning estimate) is :class:`~moldiff.sampling.channels.DiscreteChannels`, shared with inpainting.
 
 :class:`Sampler` draws one batch; how to sample (method, steps, eta, seed, budgets) is one frozen
 :class:`~moldiff.sampling.config.SamplingConfig`. Large runs go through
@@ -21,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from moldiff.diffusion.process import EquivariantDiffusion
-from moldiff.geometry import molecule_pairs, remove_mean, sample_zero_com_gaussian
+from moldiff.geometry import remove_mean, sample_zero_com_gaussian
 from moldiff.sampling import batching
 from moldiff.sampling.batching import (  # noqa: F401  (re-exported: inpainting, benchmarks and tests use them here)
     DEFAULT_MAX_ATOMS_PER_BATCH,
@@ -29,6 +31,7 @@ from moldiff.sampling.batching import (  # noqa: F401  (re-exported: inpainting,
     batch_seed,
     plan_batches,
 )
+from moldiff.sampling.channels import DiscreteChannels
 from moldiff.sampling.config import SamplingConfig
 from moldiff.sampling.output import EpsFn, SampleOutput, concat_outputs  # noqa: F401  (re-exported)
 from moldiff.sampling.solvers import SOLVERS, grid_gammas, solve
@@ -116,37 +119,16 @@ class Sampler:
         if context is not None:
             context = context.to(device=device, dtype=dtype)
 
-        self_cond: list = [None]  # a self-conditioned denoiser reads its previous clean estimate
-        has_bonds = getattr(proc, "has_bonds", False)
-        bonds_now: list[torch.Tensor] = []  # bond channel: current one-hot class of every atom pair
-
-        def eps_at(zp: torch.Tensor, zh: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            if eps_fn is not None:
-                return eps_fn(zp, zh, t)
-            kw = {"bonds": bonds_now[0]} if has_bonds else {}
-            if not getattr(proc, "self_conditioning", False):
-                return proc.denoise(zp, zh, t, batch, context, **kw)
-            eps = proc.denoise(zp, zh, t, batch, context, self_cond=self_cond[0], **kw)
-            self_cond[0] = proc.x0_from_eps(zp, zh, eps, t, batch)
-            return eps
-
-        categorical = getattr(proc, "categorical_types", False)
+        # the network call; categorical types, bond classes and the self-conditioning estimate as side state
+        channels = DiscreteChannels(proc, batch, context, gen)
+        categorical = channels.categorical
         if categorical and eps_fn is not None:
             raise ValueError("guidance / eps_fn is not supported with categorical atom types")
-        norm_h = proc.norm_values[1]
-        types_now: list[torch.Tensor] = []  # categorical: current one-hot types / norm_h (network input)
 
         def net_at(zp: torch.Tensor, zh: torch.Tensor, t: torch.Tensor,
-                   s: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-            """Noise prediction; with categorical types (and bonds) also draws them at ``s`` from the logits."""
-            if not categorical:
-                return eps_at(zp, zh, t)
-            out = eps_at(zp, types_now[0], t)
-            if s is not None:
-                types_now[0] = proc.reverse_types(types_now[0] * norm_h, out[1], t, s, batch, gen) / norm_h
-                if has_bonds:
-                    bonds_now[0] = proc.reverse_bonds(bonds_now[0], out[2], t, s, batch, gen)
-            return out[0], torch.zeros_like(zh)
+                   s: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+            """Noise prediction at ``t``; categorical: also draws the types (and bonds) at ``s``."""
+            return channels.predict(zp, zh, t, s) if eps_fn is None else eps_fn(zp, zh, t)
 
         if z_T is None:
             z_pos = sample_zero_com_gaussian(batch.cpu(), B, gen, dtype).to(device)
@@ -157,13 +139,9 @@ class Sampler:
                 raise ValueError(f"z_T must be shaped ([{n_at}, 3], [{n_at}, {proc.feature_dim}])")
             z_pos = remove_mean(z_T[0].to(device=device, dtype=dtype), batch, B)
             z_h = z_T[1].to(device=device, dtype=dtype)
+        channels.start(dtype, device)  # categorical types and bond classes from their priors
         if categorical:
-            z_h = proc.type_process.prior_sample(batch.shape[0], generator=gen, dtype=dtype).to(device) / norm_h
-            types_now.append(z_h)
-        pairs = None
-        if has_bonds:
-            pairs = molecule_pairs(batch)
-            bonds_now.append(proc.bond_process.prior_sample(pairs.shape[1], generator=gen, dtype=dtype).to(device))
+            z_h = channels.types
 
         def time_at(k: int) -> torch.Tensor:
             return torch.full((B,), int(grid[k]) / T, dtype=dtype, device=device)
@@ -179,7 +157,7 @@ class Sampler:
             """The process's own ``p(z_s | z_t)`` (it re-centres the positions)."""
             zp, zh = proc.p_zs_given_zt(z[0], z[1], time_at(k), time_at(k + 1), batch, B, context, noise=noise,
                                         eps=eps)
-            return zp, types_now[0] if categorical else zh
+            return zp, channels.types if categorical else zh
 
         chain = [] if keep_chain else None
         keep_at = set(torch.linspace(0, n_steps - 1, keep_chain).round().long().tolist() if keep_chain else [])
@@ -190,7 +168,7 @@ class Sampler:
             if on_step is not None:
                 on_step()
             if chain is not None and k in keep_at:  # the chain, captured once for every solver
-                zh = types_now[0] if categorical else z[1]
+                zh = channels.types if categorical else z[1]
                 chain.append((z[0].cpu().clone(), zh[:, : proc.num_classes].argmax(1).cpu()))
 
         z_pos, z_h = solve(
@@ -199,18 +177,13 @@ class Sampler:
         )
         bar.close()
         if categorical:
-            z_h = types_now[0]
+            z_h = channels.types
         t0 = torch.zeros(B, dtype=dtype, device=device)
         pos, types, charges = proc.sample_p_xh_given_z0(
             z_pos, z_h, batch, B, context, generator=gen, eps=net_at(z_pos, z_h, t0)
         )
-        bonds = {}
-        if has_bonds:  # the classes drawn at t = 0; class 0 (no bond) is dropped
-            cls = bonds_now[0].argmax(1)
-            keep = cls > 0
-            bonds = {"bond_index": pairs[:, keep], "bond_type": cls[keep]}
         return SampleOutput(pos=pos, types=types, charges=charges, batch=batch, num_graphs=B, chain=chain,
-                            **bonds)
+                            **channels.bond_output())  # the bonds drawn at t = 0
 
     def iter_batches(
         self, num_atoms: torch.Tensor | list[int], max_atoms_per_batch: int | None = None,
