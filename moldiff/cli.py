@@ -274,6 +274,9 @@ def _add_sample_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler", default=None,
                    help="ancestral, ddim, dpm2 or dpm2sde (default: the model's recommended sampler, else ancestral)")
     p.add_argument("--eta", type=_finite_float, default=0.0, help="DDIM stochasticity in [0, 1] (--sampler ddim)")
+    p.add_argument("--spacing", choices=("uniform", "quadratic", "logsnr"), default=None,
+                   help="where the steps lie in time: uniform, quadratic (dense at low noise) or logsnr "
+                        "(default: the model's recommendation, else uniform)")
     p.add_argument("--batch-size", type=_positive_int, default=None, help="at most this many molecules per batch")
     p.add_argument("--batch-atoms", type=_positive_int, default=None,
                    help="atom budget per batch (default: automatic, from free GPU memory on CUDA)")
@@ -382,7 +385,8 @@ def _sample_to_file(args: argparse.Namespace, model: MolDiff, fmt: str, target: 
     method, steps = model.default_sampling  # each overridden by its flag
     method, steps = args.sampler or method, args.steps or steps
     config = SamplingConfig(method=method, steps=steps, eta=args.eta, seed=args.seed, batch_size=args.batch_size,
-                            max_atoms_per_batch=args.batch_atoms)  # validated once, here
+                            max_atoms_per_batch=args.batch_atoms,
+                            spacing=args.spacing or model.default_spacing)  # validated once, here
     molecules: list = []
     with warnings.catch_warnings(record=True) as caught:  # e.g. a target outside the training range
         warnings.simplefilter("always", UserWarning)

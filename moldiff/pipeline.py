@@ -89,6 +89,14 @@ class MolDiff:
             return "ancestral", None
         return method, None if steps is None else int(steps)
 
+    @property
+    def default_spacing(self) -> str:
+        """Step spacing recommended for this model (``info["sampling"]["spacing"]``), else ``uniform``."""
+        from moldiff.sampling.config import SPACINGS
+
+        spacing = (self.info.get("sampling") or {}).get("spacing", "uniform")
+        return spacing if spacing in SPACINGS else "uniform"
+
     def to(self, device: str | torch.device) -> MolDiff:
         """Move the model to ``device``."""
         self.process.to(device)

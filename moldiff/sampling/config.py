@@ -12,7 +12,10 @@ from dataclasses import dataclass
 from moldiff.constants import MAX_SEED
 from moldiff.sampling.solvers import SOLVERS
 
-__all__ = ["MAX_SEED", "SamplingConfig"]
+__all__ = ["MAX_SEED", "SPACINGS", "SamplingConfig"]
+
+#: Step spacings (the same names as ``moldiff.sampling.sampler.SPACINGS``; a test checks).
+SPACINGS: tuple[str, ...] = ("uniform", "quadratic", "logsnr")
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,8 @@ class SamplingConfig:
         batch_size: at most this many molecules per batch (``None``: no limit).
         max_atoms_per_batch: atom budget per batch (``None``: automatic for the device).
         max_edges_per_batch: edge budget per batch (``None``: automatic with an automatic atom budget, else none).
+        spacing: where the steps lie in time: ``uniform`` (default), ``quadratic`` or ``logsnr``
+            (:func:`~moldiff.sampling.sampler.timestep_grid`).
 
     >>> SamplingConfig("ddim", steps=50, eta=0.5).num_steps(1000)
     50
@@ -44,8 +49,11 @@ class SamplingConfig:
     batch_size: int | None = None
     max_atoms_per_batch: int | None = None
     max_edges_per_batch: int | None = None
+    spacing: str = "uniform"
 
     def __post_init__(self) -> None:
+        if self.spacing not in SPACINGS:
+            raise ValueError(f"unknown step spacing {self.spacing!r}; allowed: {list(SPACINGS)}")
         if self.method not in SOLVERS:
             raise ValueError(f"unknown sampler {self.method!r}; allowed: {list(SOLVERS)}")
         if self.steps is not None and int(self.steps) < 1:

@@ -40,15 +40,47 @@ from moldiff.sampling.solvers import SOLVERS, grid_gammas, solve
 SAMPLERS: tuple[str, ...] = SOLVERS
 
 
-def timestep_grid(timesteps: int, steps: int) -> torch.Tensor:
+#: Step spacings of :func:`timestep_grid` (``SamplingConfig.spacing``, ``moldiff sample --spacing``).
+SPACINGS: tuple[str, ...] = ("uniform", "quadratic", "logsnr")
+
+
+def timestep_grid(timesteps: int, steps: int, spacing: str = "uniform",
+                  gamma_table: torch.Tensor | None = None) -> torch.Tensor:
     """Decreasing integer timesteps ``T = t_0 > ... > t_S = 0`` for ``S`` steps.
+
+    ``spacing``: ``uniform`` in time (EDM, the default); ``quadratic``, ``t_k = T (1 - k/S)^2``
+    (DDIM's quadratic grid: dense at low noise, where the geometry is fixed); ``logsnr``, uniform in
+    ``log SNR = -gamma`` between ``gamma(T)`` and ``gamma(0)`` (DPM-Solver's grid; needs the
+    schedule's ``gamma_table [T + 1]``). Rounded grids are made strictly decreasing (``t_k >=
+    t_{k+1} + 1``), so every step moves.
 
     >>> timestep_grid(1000, 4).tolist()
     [1000, 750, 500, 250, 0]
+    >>> timestep_grid(1000, 4, "quadratic").tolist()
+    [1000, 562, 250, 62, 0]
     """
     if not 1 <= steps <= timesteps:
         raise ValueError(f"steps must be between 1 and T={timesteps}, got {steps}")
-    return torch.round(torch.linspace(timesteps, 0, steps + 1)).long()
+    if spacing == "uniform":
+        return torch.round(torch.linspace(timesteps, 0, steps + 1)).long()
+    if spacing == "quadratic":
+        frac = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64) ** 2
+        grid = torch.round(frac * timesteps).long()
+    elif spacing == "logsnr":
+        if gamma_table is None or gamma_table.shape != (timesteps + 1,):
+            raise ValueError(f"logsnr spacing needs the schedule's gamma table of {timesteps + 1} values")
+        g = gamma_table.detach().cpu().to(torch.float64)
+        targets = torch.linspace(float(g[-1]), float(g[0]), steps + 1, dtype=torch.float64)  # gamma rises with t
+        grid = torch.searchsorted(g.contiguous(), targets).clamp(0, timesteps)
+        grid[0], grid[-1] = timesteps, 0
+    else:
+        raise ValueError(f"unknown step spacing {spacing!r}; allowed: {list(SPACINGS)}")
+    # strictly decreasing with t_0 = T and t_S = 0: clamp t_k into [S - k, T - k], then push up from the end
+    k = torch.arange(steps + 1)
+    grid = torch.minimum(torch.maximum(grid, steps - k), timesteps - k)
+    for i in range(steps - 1, -1, -1):
+        grid[i] = max(int(grid[i]), int(grid[i + 1]) + 1)
+    return grid
 
 
 def _config(config: SamplingConfig | None, method: str, steps: int | None, eta: float) -> SamplingConfig:
@@ -106,7 +138,7 @@ class Sampler:
         proc = self.process
         T = proc.timesteps
         n_steps = cfg.num_steps(T)
-        grid = timestep_grid(T, n_steps)
+        grid = timestep_grid(T, n_steps, cfg.spacing, proc.schedule.gamma_table)
         if device is None:
             device = next(proc.parameters()).device
         num_atoms = torch.as_tensor(num_atoms, dtype=torch.long)
