@@ -1,7 +1,6 @@
 """Step spacings (``SamplingConfig.spacing``): valid grids, the sampler follows them, CLI and config checks."""
 
 import pytest
-import torch
 
 from moldiff.diffusion.schedules import NoiseSchedule
 from moldiff.sampling import config as config_mod
