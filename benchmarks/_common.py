@@ -13,7 +13,8 @@ measurements. What users call lives in the ``moldiff`` package. Heavy or optiona
 ``ops/train_resume.py`` still imports on a GPU image without RDKit or PyYAML.
 
 Sections: paths and timing (every group), random models and batches (``speed/``), QM9 data
-(``quality/``, ``speed/bench_evaluation.py``), packed QM9 for a lent GPU (``ops/``).
+(``quality/``, ``speed/bench_evaluation.py``), inpainting rows and pictures (``quality/inpainting*.py``),
+packed QM9 for a lent GPU (``ops/``).
 """
 
 from __future__ import annotations
@@ -240,6 +241,99 @@ def load_split(split: str) -> tuple[list[tuple[list[str], np.ndarray]], str]:
         syms, pos = qm9.molecule(int(i))
         mols.append((list(syms), np.asarray(pos, dtype=np.float32)))
     return mols, "moldiff.data.load_qm9 + get_split"
+
+
+# ---------------------------------------------------------------------- inpainting (quality/inpainting*.py)
+def fragment_exact(done: list, records: list, frags: list, model_bonds: list | None) -> list[bool]:
+    """Per completion: the fragment's symbols and coordinates bit-exactly first, and (bond models)
+    exactly the fragment's bonds among its atoms.
+
+    ``done``: ``(symbols, pos)`` completions; ``records``: the fragments as
+    :class:`~moldiff.io.MoleculeRecord` (symbols, pos); ``frags``: the same as loaded
+    :class:`~moldiff.sampling.inpaint.Fragment` (bonds as codes); ``model_bonds``: the output's
+    ``split_bonds()`` or ``None``.
+    """
+    out = []
+    for k, ((s, pos), f) in enumerate(zip(done, records, strict=True)):
+        m = f.num_atoms
+        ok = list(s[:m]) == list(f.symbols) and np.array_equal(pos[:m], f.pos)
+        if model_bonds is not None:
+            ok = ok and sorted(b for b in model_bonds[k] if b[1] < m) == sorted(frags[k].bonds)
+        out.append(bool(ok))
+    return out
+
+
+def with_model_bonds(done: list, model_bonds: list) -> list:
+    """``(symbols, pos)`` completions as records with the model's own bonds (orders 1, 2, 3, 1.5)."""
+    from moldiff.constants import BOND_ORDERS
+    from moldiff.io import MoleculeRecord
+
+    return [MoleculeRecord(name="", symbols=s, pos=p, bonds=[(i, j, BOND_ORDERS[c]) for i, j, c in b])
+            for (s, p), b in zip(done, model_bonds, strict=True)]
+
+
+def inpainting_timing(model, frags: list, sizes: list[int], steps: int | None, seed: int, method: str,
+                      k: int) -> dict[str, Any]:
+    """Unconstrained sampling vs inpainting (``R = 1``) on the first ``k`` molecules, 3 alternating rounds.
+
+    The rows' wall times come one after the other on a shared CPU; alternating the two calls puts
+    both under the same load.
+    """
+    from moldiff.sampling.inpaint import inpaint
+
+    k = min(k, len(sizes))
+    timing: dict[str, Any] = interleaved({
+        "unconstrained": lambda: model.sample_raw(k, steps=steps, seed=seed, num_atoms=sizes[:k], method=method),
+        "inpainting_resample_1": lambda: inpaint(model.process, frags[:k], sizes[:k], steps=steps, seed=seed,
+                                                 method=method),
+    }, repeat=3, device="cpu")
+    timing = {name: {"median_s": round(med, 2), "all_s": [round(t, 2) for t in all_]}
+              for name, (med, all_) in timing.items()}
+    timing["molecules"] = k
+    timing["ratio_inpainting_to_unconstrained"] = round(
+        timing["inpainting_resample_1"]["median_s"] / timing["unconstrained"]["median_s"], 2)
+    return timing
+
+
+def draw_completions(items: list, path: Path, per_row: int = 4, max_mols: int = 12) -> int:
+    """Grid picture of the valid completions, fragment atoms highlighted; returns how many were drawn.
+
+    ``items``: ``(molecule, m, legend)`` with ``molecule`` a ``(symbols, pos)`` pair (bonds from
+    EDM's distance rule) or a ``(symbols, pos, bonds)`` triple (the model's own bond codes) and the
+    fragment's ``m`` atoms first. Hydrogens are not drawn.
+    """
+    from rdkit import Chem
+    from rdkit.Chem import AllChem, Draw
+    from rdkit.rdBase import BlockLogs
+
+    from moldiff.pipeline import to_rdkit
+
+    images, hl, legends = [], [], []
+    for mol_in, m, label in items:
+        mol = Chem.Mol(to_rdkit(*mol_in))
+        for a in mol.GetAtoms():
+            a.SetIntProp("frag", int(a.GetIdx() < m))
+        with BlockLogs():  # no RDKit log line per invalid completion
+            try:
+                Chem.SanitizeMol(mol)
+                mol = Chem.RemoveHs(mol)
+            except Exception:  # noqa: BLE001 - only valid completions are drawn
+                continue
+        AllChem.Compute2DCoords(mol)
+        images.append(mol)
+        hl.append([a.GetIdx() for a in mol.GetAtoms() if a.GetIntProp("frag")])
+        legends.append(label)
+        if len(images) >= max_mols:
+            break
+    if not images:
+        return 0
+    img = Draw.MolsToGridImage(images, molsPerRow=per_row, subImgSize=(250, 200), legends=legends,
+                               highlightAtomLists=hl)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    img.save(str(tmp))
+    tmp.replace(path)
+    return len(images)
 
 
 # ---------------------------------------------------------------------- packed QM9 (ops/)

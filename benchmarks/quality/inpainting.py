@@ -31,7 +31,15 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the shared _common helpers
-from _common import RESULTS, ROOT, interleaved, machine  # noqa: E402
+from _common import (  # noqa: E402
+    RESULTS,
+    ROOT,
+    draw_completions,
+    fragment_exact,
+    inpainting_timing,
+    machine,
+    with_model_bonds,
+)
 
 
 def pick_removal(symbols, pos, n_remove, rng):
@@ -57,40 +65,6 @@ def pick_removal(symbols, pos, n_remove, rng):
     if len(removed) >= len(symbols):
         return None
     return removed
-
-
-def draw(mols_frag, path, per_row=4, max_mols=12):
-    """Grid of completions (valid ones), fragment atoms highlighted."""
-    from rdkit import Chem
-    from rdkit.Chem import AllChem, Draw
-
-    from moldiff.pipeline import to_rdkit
-
-    images, hl, legends = [], [], []
-    for (symbols, pos), m, label in mols_frag:
-        mol = to_rdkit(symbols, pos)
-        for a in mol.GetAtoms():
-            a.SetIntProp("frag", int(a.GetIdx() < m))
-        try:
-            Chem.SanitizeMol(mol)
-            mol = Chem.RemoveHs(mol)
-        except Exception:  # only valid completions are drawn
-            continue
-        AllChem.Compute2DCoords(mol)
-        images.append(mol)
-        hl.append([a.GetIdx() for a in mol.GetAtoms() if a.GetIntProp("frag")])
-        legends.append(label)
-        if len(images) >= max_mols:
-            break
-    if not images:
-        return 0
-    img = Draw.MolsToGridImage(images, molsPerRow=per_row, subImgSize=(250, 200), legends=legends,
-                               highlightAtomLists=hl)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    img.save(str(tmp))
-    tmp.replace(path)
-    return len(images)
 
 
 def main(argv=None):
@@ -178,24 +152,14 @@ def main(argv=None):
     picture_mols = None
     for r in [int(v) for v in args.resample.split(",") if v.strip()]:
         t0 = time.perf_counter()
-        exact = 0
         # every molecule has its own fragment: the per-molecule API (moldiff sample --fix uses one for all)
         out = inpaint(model.process, frags, sizes, steps=steps, seed=args.seed, method=method, resample=r,
                       progress=True, max_tries=1)
         done = [([model.elements[i] for i in t.tolist()], p.numpy()) for t, p in out.split()]
         model_bonds = out.split_bonds() if out.has_bonds else None
-        for k, ((s, pos_), f) in enumerate(zip(done, fragments, strict=True)):
-            m = f.num_atoms
-            ok = s[:m] == f.symbols and np.array_equal(pos_[:m], f.pos)
-            if model_bonds is not None:  # and exactly the fragment's bonds among its atoms
-                ok = ok and sorted(b for b in model_bonds[k] if b[1] < m) == sorted(frags[k].bonds)
-            exact += int(ok)
-        scored = done
-        if model_bonds is not None:  # the completions with the model's own bonds
-            from moldiff.constants import BOND_ORDERS
-
-            scored = [MoleculeRecord(name="", symbols=s, pos=p_, bonds=[(i, j, BOND_ORDERS[c]) for i, j, c in b])
-                      for (s, p_), b in zip(done, model_bonds, strict=True)]
+        exact = sum(fragment_exact(done, fragments, frags, model_bonds))
+        # the completions with the model's own bonds
+        scored = done if model_bonds is None else with_model_bonds(done, model_bonds)
         row, table = summarise(scored, time.perf_counter() - t0, f"inpainting, resample {r}")
         row["fragment_exact"] = exact / len(done)
         row["resample"] = r
@@ -206,21 +170,10 @@ def main(argv=None):
                                 bool(v1 and v2 and s1 == s2) for v1, v2, s1, s2 in zip(
                                     table["valid"], orig_table["valid"], table["smiles"], orig_table["smiles"],
                                     strict=True)], strict=True)]
-    n_pic = draw(picture_mols, Path(args.picture)) if picture_mols else 0
-    # the rows' wall times come one after the other on a shared CPU; this block alternates the two
-    # calls (3 rounds) on the first molecules so that both see the same load
-    k = min(args.timing_molecules, len(sizes))
-    timing = interleaved({
-        "unconstrained": lambda: model.sample_raw(k, steps=steps, seed=args.seed, num_atoms=sizes[:k], method=method),
-        "inpainting_resample_1": lambda: inpaint(model.process, frags[:k], sizes[:k], steps=steps, seed=args.seed,
-                                                 method=method),
-    }, repeat=3, device="cpu")
-    timing = {name: {"median_s": round(med, 2), "all_s": [round(t, 2) for t in all_]}
-              for name, (med, all_) in timing.items()}
-    timing["molecules"] = k
-    timing["ratio_inpainting_to_unconstrained"] = round(
-        timing["inpainting_resample_1"]["median_s"] / timing["unconstrained"]["median_s"], 2)
-    print(f"interleaved timing ({k} molecules): {timing}", file=sys.stderr)
+    n_pic = draw_completions(picture_mols, Path(args.picture)) if picture_mols else 0
+    # the rows' wall times come one after the other on a shared CPU: the two calls alternated (3 rounds)
+    timing = inpainting_timing(model, frags, sizes, steps, args.seed, method, args.timing_molecules)
+    print(f"interleaved timing ({timing['molecules']} molecules): {timing}", file=sys.stderr)
     pic = Path(args.picture).resolve()
     picture_name = str(pic.relative_to(ROOT)) if pic.is_relative_to(ROOT) else str(pic)
     result = {
