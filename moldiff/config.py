@@ -173,12 +173,22 @@ class DiffusionConfig:
         object.__setattr__(self, "norm_values", tuple(float(v) for v in self.norm_values))
 
 
+#: ``train.align_noise`` values (the same names as ``moldiff.geometry.NOISE_ALIGNMENTS``; a test checks).
+NOISE_ALIGNMENTS = ("none", "rotation", "permutation", "both")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation and logging (defaults: EDM's ``get_optim`` and ``main_qm9.py``).
 
     ``ema_warmup``: the EMA decay ramps as ``min(ema_decay, (1 + step) / (10 + step))`` so that the
     averaged weights forget the random initialisation within the first steps (EDM: off).
+
+    ``align_noise``: in training only, align the position noise to each molecule before
+    ``z_t = alpha x + sigma eps`` is formed: ``"rotation"`` (Kabsch: the proper rotation of the noise
+    closest to the molecule), ``"permutation"`` (Hungarian assignment of noise rows to atoms),
+    ``"both"`` (rotation, then permutation) or ``"none"`` (EDM: independent noise). An ablation
+    (SemlaFlow / EquiFM "equivariant OT"); see ``docs/configuration.md`` for the caveat.
     """
 
     lr: float = 1e-4
@@ -202,6 +212,7 @@ class TrainConfig:
     context_dropout: float = 0.0
     augment_rotations: bool = False
     compile: bool = False
+    align_noise: str = "none"
 
     def __post_init__(self) -> None:
         _check_positive("train.lr", self.lr)
@@ -214,6 +225,7 @@ class TrainConfig:
         if not 0.0 <= self.context_dropout < 1.0:
             raise ValueError(f"train.context_dropout must be in [0, 1), got {self.context_dropout!r}")
         _check_choice("train.device", self.device.split(":")[0], ("auto", "cpu", "cuda"))
+        _check_choice("train.align_noise", self.align_noise, NOISE_ALIGNMENTS)
 
 
 @dataclass(frozen=True)

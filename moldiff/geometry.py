@@ -2,9 +2,14 @@
 
 Atoms of all molecules are concatenated; ``batch[i]`` is the molecule of atom ``i``. EDM works in
 the linear subspace where every molecule's mean position is zero; these helpers keep us there.
+Also here: random rotations, atom pairs of the bond channel, and the noise-to-data alignment of
+training (``train.align_noise``: Kabsch rotation and/or Hungarian permutation of the prior noise).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
 
 import torch
 
@@ -178,3 +183,115 @@ def pair_classes(
     if bond_index is not None and bond_index.numel():
         out[pair_lookup(pairs, bond_index.to(pairs.device), num_atoms)] = bond_type.to(pairs.device).long()
     return out
+
+
+# --------------------------------------------------------------------------- noise-to-data alignment (training)
+#: ``train.align_noise`` values (the same names as ``moldiff.config.NOISE_ALIGNMENTS``; a test checks).
+NOISE_ALIGNMENTS = ("none", "rotation", "permutation", "both")
+
+
+def kabsch_rotations(src: torch.Tensor, dst: torch.Tensor, batch: torch.Tensor, num_graphs: int) -> torch.Tensor:
+    """``[B, 3, 3]`` proper rotations ``R_b`` (``det = +1``) minimising ``sum_i |R_b src_i - dst_i|^2`` per molecule.
+
+    Kabsch: both point sets are centred per molecule, ``H = sum_i src_i dst_i^T = U S V^T`` and
+    ``R = V diag(1, 1, d) U^T`` with ``d = sign det(V U^T)`` (the reflection fix). Computed in float64;
+    returned in ``src.dtype``. Degenerate molecules (one atom, collinear points) get one of the
+    equally optimal rotations.
+
+    >>> src = torch.tensor([[1.0, 0, 0], [-1.0, 0, 0], [0, 2.0, 0], [0, -2.0, 0]])
+    >>> dst = src[:, [1, 0, 2]] * torch.tensor([-1.0, 1, 1])  # rotated 90 degrees about z
+    >>> r = kabsch_rotations(src, dst, torch.zeros(4, dtype=torch.long), 1)[0]
+    >>> torch.allclose(src @ r.T, dst, atol=1e-6), round(float(torch.det(r)), 6)
+    (True, 1.0)
+    """
+    s = remove_mean(src.double(), batch, num_graphs)
+    d = remove_mean(dst.double(), batch, num_graphs)
+    h = scatter_sum(s.unsqueeze(2) * d.unsqueeze(1), batch, num_graphs)  # [B, 3, 3]
+    u, _, vh = torch.linalg.svd(h)
+    v = vh.transpose(1, 2)
+    sign = torch.where(torch.det(v @ u.transpose(1, 2)) < 0, -1.0, 1.0).to(h.dtype)
+    fix = torch.ones(num_graphs, 3, dtype=h.dtype, device=h.device)
+    fix[:, 2] = sign
+    return ((v * fix.unsqueeze(1)) @ u.transpose(1, 2)).to(src.dtype)
+
+
+def align_rotation(eps: torch.Tensor, x: torch.Tensor, batch: torch.Tensor, num_graphs: int) -> torch.Tensor:
+    """Rotate every molecule's noise rows onto its data (:func:`kabsch_rotations`): ``R_b eps_i``.
+
+    The rotation acts about the origin, so zero-CoM noise stays zero-CoM and every row keeps its norm.
+    """
+    rot = kabsch_rotations(eps, x, batch, num_graphs)
+    return torch.einsum("nij,nj->ni", rot[batch], eps)
+
+
+def align_permutation(eps: torch.Tensor, x: torch.Tensor, batch: torch.Tensor, num_graphs: int) -> torch.Tensor:
+    """Reorder every molecule's noise rows among its atoms to minimise ``sum_i |eps_pi(i) - x_i|^2``.
+
+    Hungarian assignment (``scipy.optimize.linear_sum_assignment``, on the CPU) on the ``n x n``
+    squared-distance matrix of each molecule; rows never move between molecules, so per-molecule
+    sums (the centre of mass) are unchanged. ``batch`` must be sorted (molecules contiguous).
+    """
+    from scipy.optimize import linear_sum_assignment  # only this training option needs scipy
+
+    n_atoms = eps.shape[0]
+    if n_atoms == 0:
+        return eps
+    counts = torch.bincount(batch, minlength=num_graphs)
+    first = torch.cumsum(counts, 0) - counts
+    local = torch.arange(n_atoms, device=batch.device) - first[batch]
+    n_max = int(counts.max())
+    pad_x = x.new_zeros(num_graphs, n_max, 3)
+    pad_e = eps.new_zeros(num_graphs, n_max, 3)
+    pad_x[batch, local] = x
+    pad_e[batch, local] = eps
+    cost = ((pad_x.unsqueeze(2) - pad_e.unsqueeze(1)) ** 2).sum(-1).detach().cpu().double().numpy()
+    counts_l, first_l = counts.tolist(), first.tolist()
+    perm = torch.empty(n_atoms, dtype=torch.long)
+    for b in range(num_graphs):
+        n, f = counts_l[b], first_l[b]
+        if n == 0:
+            continue
+        rows, cols = linear_sum_assignment(cost[b, :n, :n])
+        perm[f + torch.from_numpy(rows)] = f + torch.from_numpy(cols)
+    return eps[perm.to(eps.device)]
+
+
+def align_noise(
+    eps: torch.Tensor, x: torch.Tensor, batch: torch.Tensor, num_graphs: int, mode: str = "both",
+) -> torch.Tensor:
+    """Noise-to-data alignment ("equivariant optimal transport" of SemlaFlow / EquiFM / FlowMol).
+
+    Args:
+        eps: ``[N, 3]`` zero-CoM position noise.
+        x: ``[N, 3]`` zero-CoM data positions (the same scale as the noise's target; scale does not matter).
+        batch: ``[N]`` sorted molecule index of every atom.
+        num_graphs: ``B``.
+        mode: one of :data:`NOISE_ALIGNMENTS`: ``"rotation"`` (:func:`align_rotation`),
+            ``"permutation"`` (:func:`align_permutation`), ``"both"`` (rotation, then permutation;
+            one round) or ``"none"`` (``eps`` itself).
+
+    Returns:
+        ``[N, 3]``: per molecule a proper rotation and/or a row permutation of ``eps`` (still zero-CoM).
+    """
+    if mode not in NOISE_ALIGNMENTS:
+        raise ValueError(f"align_noise mode must be one of {list(NOISE_ALIGNMENTS)}, got {mode!r}")
+    with torch.no_grad():
+        if mode in ("rotation", "both"):
+            eps = align_rotation(eps, x, batch, num_graphs)
+        if mode in ("permutation", "both"):
+            eps = align_permutation(eps, x, batch, num_graphs)
+    return eps
+
+
+def noise_aligner(mode: str) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor] | None:
+    """The ``noise_align`` callable of ``EquivariantDiffusion.loss`` for a ``train.align_noise`` value.
+
+    ``noise_align(eps, x, batch, num_graphs) -> eps`` is :func:`align_noise` with ``mode`` bound;
+    ``"none"`` gives ``None`` (the loss then runs exactly as without the option).
+
+    >>> noise_aligner("none") is None, noise_aligner("rotation") is not None
+    (True, True)
+    """
+    if mode not in NOISE_ALIGNMENTS:
+        raise ValueError(f"train.align_noise must be one of {list(NOISE_ALIGNMENTS)}, got {mode!r}")
+    return None if mode == "none" else partial(align_noise, mode=mode)

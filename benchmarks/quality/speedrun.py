@@ -190,6 +190,7 @@ def cmd_throughput(args: argparse.Namespace) -> None:
     from moldiff.data.datasets import load_dataset
     from moldiff.data.loader import MolLoader
     from moldiff.data.splits import get_split
+    from moldiff.geometry import noise_aligner
     from moldiff.models import build_model
     from moldiff.training.trainer import GradClipper
 
@@ -210,13 +211,14 @@ def cmd_throughput(args: argparse.Namespace) -> None:
     results: dict[str, list[float]] = {k: [] for k in variants}
     gen = torch.Generator().manual_seed(0)
     for rnd in range(args.rounds + 1):  # round 0 warms up (compilation)
-        for name, (_cfg, proc, opt, clip, loader) in variants.items():
+        for name, (cfg, proc, opt, clip, loader) in variants.items():
+            align = noise_aligner(cfg.train.align_noise)  # as the trainer does (None: the loss as before)
             proc.train()
             n, t0 = 0, time.perf_counter()
             for i, mb in enumerate(loader.iter_batches(rnd)):
                 if i >= args.steps:
                     break
-                loss = proc.loss(mb, generator=gen).loss.mean()
+                loss = proc.loss(mb, generator=gen, noise_align=align).loss.mean()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 clip([p for p in proc.parameters() if p.grad is not None])

@@ -12,6 +12,7 @@ charges, 0 without).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +25,9 @@ from moldiff.geometry import molecule_pairs, pair_classes, remove_mean, sample_z
 from moldiff.types import Denoiser, MolBatch
 
 _EPS = 1e-10
+
+#: ``(eps_pos [N, 3], x [N, 3], batch [N], num_graphs) -> eps_pos``: a noise-to-data alignment for training.
+NoiseAlign = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 
 def _cdf(x: torch.Tensor) -> torch.Tensor:
@@ -292,7 +296,7 @@ class EquivariantDiffusion(nn.Module):
     # ------------------------------------------------------------------ objectives
     def loss(
         self, mol: MolBatch, generator: torch.Generator | None = None, t_int: torch.Tensor | None = None,
-        noise: tuple[torch.Tensor, torch.Tensor] | None = None,
+        noise: tuple[torch.Tensor, torch.Tensor] | None = None, noise_align: NoiseAlign | None = None,
     ) -> LossOutput:
         """EDM's training objective (one network call), per molecule.
 
@@ -305,6 +309,11 @@ class EquivariantDiffusion(nn.Module):
             generator: RNG for ``t`` and the noise.
             t_int: optional fixed ``[B]`` integer steps.
             noise: optional fixed ``(eps_pos, eps_h)``.
+            noise_align: optional ``(eps_pos, x, batch, num_graphs) -> eps_pos`` applied to the
+                position noise (drawn or given) before ``z_t`` is formed, ``x`` being the normalised
+                zero-CoM data: the trainer's ``train.align_noise``
+                (:func:`moldiff.geometry.noise_aligner`: Kabsch rotation and/or Hungarian
+                permutation of the noise onto the molecule). ``None``: independent noise (EDM).
 
         Returns:
             :class:`LossOutput` with ``[B]`` tensors.
@@ -318,6 +327,8 @@ class EquivariantDiffusion(nn.Module):
         s = (t_int - 1).clamp(min=0).to(pos.dtype) / T
         gamma_t, gamma_s = self.schedule.gamma(t), self.schedule.gamma(s)
         eps_pos, eps_h = noise if noise is not None else self.sample_noise(batch, B, pos.dtype, generator)
+        if noise_align is not None:
+            eps_pos = noise_align(eps_pos, pos, batch, B)
         if self.categorical_types:
             return self._categorical_loss(mol, pos, eps_pos, t, gamma_t, t_int, generator)
         z_pos, z_h = self.q_sample(pos, h, gamma_t, batch, eps_pos, eps_h)

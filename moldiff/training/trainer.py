@@ -28,6 +28,7 @@ from moldiff.conditioning import drop_context, with_keep_flags
 from moldiff.config import ExperimentConfig
 from moldiff.diffusion.process import EquivariantDiffusion
 from moldiff.evaluation.stability import stability_fractions
+from moldiff.geometry import noise_aligner
 from moldiff.sampling.priors import NodeCountDistribution
 from moldiff.sampling.sampler import Sampler
 from moldiff.types import DatasetStats, MolBatch
@@ -136,6 +137,7 @@ class Trainer:
         self.state = TrainState()
         self.gen = torch.Generator().manual_seed(self.cfg.seed * 1000 + self.rank)
         self.node_dist = NodeCountDistribution(dict(self.stats.n_atoms_hist))
+        self.noise_align = noise_aligner(self.cfg.align_noise)  # None for "none": the loss is unchanged
 
     # ------------------------------------------------------------------ checkpoints
     def _payload(self) -> dict[str, Any]:
@@ -251,7 +253,7 @@ class Trainer:
                 if i < st.batch_in_epoch or i % self.world != self.rank:
                     continue
                 mb = self._context(mb.to(self.device), train=True)
-                out = self.train_process.loss(mb, generator=self.gen)
+                out = self.train_process.loss(mb, generator=self.gen, noise_align=self.noise_align)
                 loss = out.loss.mean()
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
