@@ -28,7 +28,7 @@ from moldiff.conditioning import drop_context, with_keep_flags
 from moldiff.config import ExperimentConfig
 from moldiff.diffusion.process import EquivariantDiffusion
 from moldiff.evaluation.stability import stability_fractions
-from moldiff.geometry import noise_aligner
+from moldiff.geometry import noise_aligner, rotate_batch
 from moldiff.sampling.priors import NodeCountDistribution
 from moldiff.sampling.sampler import Sampler
 from moldiff.types import DatasetStats, MolBatch
@@ -253,6 +253,8 @@ class Trainer:
                 if i < st.batch_in_epoch or i % self.world != self.rank:
                     continue
                 mb = self._context(mb.to(self.device), train=True)
+                if cfg.augment_rotations:  # EDM's data augmentation: a random rotation of every molecule
+                    mb = replace(mb, pos=rotate_batch(mb.pos, mb.batch, self.gen))
                 out = self.train_process.loss(mb, generator=self.gen, noise_align=self.noise_align)
                 loss = out.loss.mean()
                 self.opt.zero_grad(set_to_none=True)

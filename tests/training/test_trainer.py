@@ -164,3 +164,38 @@ def test_ema_warmup_forgets_the_initial_weights():
         ema_update(ema, model, ema_decay_at(0.999, step, warmup=True))
     assert abs(float(ema.weight) - 1.0) < 1e-3
     assert [ema_decay_at(0.999, s, False) for s in (0, 10)] == [0.999, 0.999]
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_augment_rotations_rotates_each_training_molecule(tmp_path, augment):
+    """train.augment_rotations: the loss sees every molecule rigidly rotated (distances kept), else as loaded."""
+    cfg = CFG.override(train={"augment_rotations": augment, "max_steps": 2, "eval_every_steps": 100})
+    tr = _trainer(tmp_path, cfg)
+    seen, loaded = [], []
+    loss = tr.train_process.loss
+
+    def spy(mb, *args, **kwargs):
+        seen.append(mb.pos.detach().clone())
+        return loss(mb, *args, **kwargs)
+
+    tr.train_process.loss = spy
+    batches = tr.train_batches
+
+    def record(epoch, start=0):
+        for mb in batches(epoch, start):
+            loaded.append(mb.pos.clone())
+            yield mb
+
+    tr.train_batches = record
+    mol = {}
+
+    def keep_batch(epoch, start=0):
+        for mb in record(epoch, start):
+            mol.setdefault("batch", mb.batch.clone())
+            yield mb
+
+    tr.train_batches = keep_batch
+    tr.fit()
+    a, b, same = seen[0], loaded[0], mol["batch"][:, None] == mol["batch"][None, :]
+    torch.testing.assert_close(torch.cdist(a, a)[same], torch.cdist(b, b)[same], rtol=0, atol=1e-5)  # rigid
+    assert torch.allclose(a, b) != augment
