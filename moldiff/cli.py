@@ -432,6 +432,9 @@ def _sample_to_file(args: argparse.Namespace, model: MolDiff, fmt: str, target: 
 
     table, summary = evaluate_molecules(molecules)
     print(("model samples (before relaxation):\n" if args.relax else "") + format_summary(summary))
+    if model.config.data.remove_h:
+        print("note: a heavy-atom model: EDM's stability counts hydrogens, so only validity (by the model's bonds "
+              "where it has them) is meaningful here; the drug-like table: moldiff evaluate FILE --reference DATASET")
     if args.relax:
         _, relaxed_summary = evaluate_molecules([m for m, _ in relaxed])
         print(f"after {args.relax} relaxation (post-processing, not a model metric):\n"
