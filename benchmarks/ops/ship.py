@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--name", required=True, help="shipped model name (moldiff/pretrained/NAME.pt)")
     ap.add_argument("--sampler", default="dpm2sde", help="recommended sampler (info['sampling'])")
     ap.add_argument("--steps", type=int, default=100, help="recommended number of steps")
+    ap.add_argument("--spacing", default="uniform", choices=("uniform", "quadratic", "logsnr"),
+                    help="recommended step spacing (info['sampling']['spacing'])")
     ap.add_argument("--note", default="", help="free text stored in info['note']")
     ap.add_argument("--replace", action="store_true", help="overwrite an existing shipped model")
     ap.add_argument("--out", type=Path, default=None, help="write here instead of moldiff/pretrained/NAME.pt")
@@ -44,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     state = payload.get("state", {})
     batch = int(payload["config"]["train"]["batch_size"])
     info = {
-        "sampling": {"method": args.sampler, "steps": args.steps},
+        "sampling": {"method": args.sampler, "steps": args.steps, "spacing": args.spacing},
         "source": str(args.checkpoint),
         "exported": datetime.date.today().isoformat(),
         "molecule_passes_approx": int(state.get("step", 0)) * batch,
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     mols = model.sample_raw(2, steps=5, seed=0)
     print(f"shipped {dst} ({dst.stat().st_size / 1e6:.1f} MB): step {state.get('step')}, "
           f"~{info['molecule_passes_approx']:,} molecule passes, {info['train_minutes']} training min; "
-          f"recommended {args.sampler} {args.steps} steps; smoke test sampled {len(mols)} molecules")
+          f"recommended {args.sampler} {args.steps} steps ({args.spacing}); smoke test sampled {len(mols)} molecules")
     return 0
 
 
