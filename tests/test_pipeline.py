@@ -59,13 +59,22 @@ def test_load_shipped_model(qm9):
     assert qm9.name == "qm9" and qm9.elements == QM9_ELEMENTS and qm9.conditioning == ()
     assert qm9.max_atoms == 29 and qm9.process.timesteps == 1000
     assert not qm9.process.training
-    method, steps = qm9.default_sampling  # recorded in the checkpoint from the steps-vs-quality table
-    assert method == "dpm2sde" and steps == 100
+    method, steps = qm9.default_sampling  # recorded in the checkpoint (benchmarks/README.md, the speedrun)
+    assert method == "dpm2sde" and steps == 50 and qm9.default_spacing == "quadratic"
+    assert qm9.process.categorical_types and not qm9.process.include_charges
     hist = qm9.node_distribution.histogram
     assert min(hist) >= 1 and max(hist) == qm9.max_atoms
 
 
-@pytest.mark.parametrize("name", [n for n in shipped_models() if n.startswith("qm9-")])
+def test_edm_recipe_model_stays_shipped():
+    """The model shipped as ``qm9`` until session 5 (EDM's recipe, eps, 5 x 128) is kept as ``qm9-edm``."""
+    model = load_model("qm9-edm")
+    assert model.conditioning == () and model.elements == QM9_ELEMENTS
+    assert model.config.diffusion.parameterization == "eps" and not model.process.categorical_types
+    assert model.default_sampling == ("dpm2sde", 100)
+
+
+@pytest.mark.parametrize("name", [n for n in shipped_models() if n.startswith("qm9-") and n != "qm9-edm"])
 def test_conditional_shipped_models_load(name):
     model = load_model(name)
     assert model.conditioning == (name.removeprefix("qm9-"),) and model.elements == QM9_ELEMENTS

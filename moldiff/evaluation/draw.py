@@ -15,7 +15,10 @@ def draw_grid(table: pd.DataFrame, path: str | Path, max_mols: int = 24, per_row
     """Draw the first ``max_mols`` valid molecules of an evaluation table as a PNG grid.
 
     Each cell shows the 2D depiction of the molecule's SMILES (largest fragment, hydrogens
-    implicit) with a legend ``#row  stable|unstable``. Invalid molecules are skipped.
+    implicit) with a legend ``#row  stable|unstable``. Invalid molecules are skipped. Molecules that
+    carry their own bonds (a bond-channel model's; column ``smiles_own_bonds``) are drawn with those
+    bonds, valid by them, and labelled ``connected|fragments`` (EDM's stability counts hydrogens,
+    which a heavy-atom model does not generate).
 
     Args:
         table: per-molecule table from :func:`moldiff.evaluation.report.evaluate_molecules`
@@ -29,14 +32,20 @@ def draw_grid(table: pd.DataFrame, path: str | Path, max_mols: int = 24, per_row
     """
     mols, legends = [], []
     _quiet = BlockLogs()  # noqa: F841 - silences RDKit's per-molecule warnings while alive
+    own = "smiles_own_bonds" in table  # molecules with their own bonds: drawn as bonded, "valid" by them
     for i, row in table.iterrows():
-        if not row.get("valid") or not isinstance(row.get("smiles"), str):
+        valid, smiles = (row.get("valid_own_bonds"), row.get("smiles_own_bonds")) if own else (row.get("valid"),
+                                                                                               row.get("smiles"))
+        if not valid or not isinstance(smiles, str):
             continue
-        mol = Chem.MolFromSmiles(row["smiles"])
+        mol = Chem.MolFromSmiles(smiles)
         if mol is None:
             continue
         mols.append(mol)
-        legends.append(f"#{i}  {'stable' if row.get('mol_stable') else 'unstable'}")
+        if own:
+            legends.append(f"#{i}  {'connected' if '.' not in smiles else 'fragments'}")
+        else:
+            legends.append(f"#{i}  {'stable' if row.get('mol_stable') else 'unstable'}")
         if len(mols) >= max_mols:
             break
     if not mols:

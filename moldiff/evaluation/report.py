@@ -126,7 +126,7 @@ def _own_bond_columns(mol: Molecule) -> dict[str, Any]:
     """
     if mol.error is not None:
         return {"n_stable_atoms_own_bonds": 0, "mol_stable_own_bonds": False, "valid_own_bonds": False,
-                "reason_own_bonds": mol.error}
+                "reason_own_bonds": mol.error, "smiles_own_bonds": None}
     reasons = []
     try:
         stable, n_stable, _ = check_stability_bonds(mol.symbols, mol.bonds, mol.formal_charges)
@@ -136,8 +136,13 @@ def _own_bond_columns(mol: Molecule) -> dict[str, Any]:
     rd, why = validity.own_bond_mol(mol.symbols, mol.pos, mol.bonds, mol.formal_charges)
     if why:
         reasons.append(why)
+    smiles = None
+    if rd is not None:
+        with BlockLogs():
+            smiles = Chem.MolToSmiles(Chem.RemoveHs(rd, sanitize=False))
     return {"n_stable_atoms_own_bonds": n_stable, "mol_stable_own_bonds": stable,
-            "valid_own_bonds": rd is not None, "reason_own_bonds": "; ".join(reasons) if reasons else None}
+            "valid_own_bonds": rd is not None, "reason_own_bonds": "; ".join(reasons) if reasons else None,
+            "smiles_own_bonds": smiles}
 
 
 def _extra_checks(row: dict[str, Any], mol: Molecule, rd: Chem.Mol | None,
