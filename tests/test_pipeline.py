@@ -142,3 +142,21 @@ def test_trained_checkpoint_loads_and_samples(trained_ckpt):
     a = model.sample_raw(3, steps=5, seed=0)
     assert len(a) == 3 and all(p.shape == (len(s), 3) for s, p in a)
     assert _same(a, load_model(trained_ckpt).sample_raw(3, steps=5, seed=0))  # a fresh load: same molecules
+
+
+def test_shipped_drugs_model_writes_its_bonds_and_hydrogens():
+    """The shipped ``drugs`` model: heavy atoms + bond channel; RDKit hydrogens for the valid molecules."""
+    from rdkit import Chem
+
+    model = load_model("drugs")
+    assert model.has_bonds and model.adds_hydrogens and "H" not in model.elements
+    assert model.default_sampling == ("dpm2sde", 100)
+    triples = [m for _, b in model.iter_samples(3, steps=5, seed=0, with_bonds=True) for m in b]
+    mols = model.sample(3, steps=5, seed=0)
+    for (symbols, _pos, bonds), mol in zip(triples, mols, strict=True):
+        heavy = [a for a in mol.GetAtoms() if a.GetSymbol() != "H"]
+        assert len(heavy) == len(symbols) and all(0 <= i < j < len(symbols) for i, j, _ in bonds)
+        try:
+            Chem.SanitizeMol(Chem.Mol(mol))
+        except Exception:  # noqa: BLE001 - an invalid molecule keeps the model's atoms only
+            assert mol.GetNumAtoms() == len(symbols)
