@@ -38,11 +38,14 @@ def _synthetic_distribution(keys=("alpha",)) -> PropertyDistribution:
     return PropertyDistribution.from_values(n, {k: values[k] for k in keys}, num_bins=50)
 
 
-def _tiny_model(keys=("alpha",), dropout: float = 0.1) -> MolDiff:
+def _tiny_model(keys=("alpha",), dropout: float = 0.1, categorical: bool = False) -> MolDiff:
+    extra = {}
+    if categorical:
+        extra = {"atom_types": "categorical", "parameterization": "x0", "loss_weighting": "snr_clamp"}
     cfg = ExperimentConfig.from_dict({
         "data": {"conditioning": list(keys), "split": "second_half"},
         "model": {"hidden_nf": 16, "n_layers": 1},
-        "diffusion": {"timesteps": 20, "include_charges": False, "norm_values": [1, 8, 1]},
+        "diffusion": {"timesteps": 20, "include_charges": False, "norm_values": [1, 8, 1], **extra},
         "train": {"context_dropout": dropout},
     })
     dist = _synthetic_distribution(keys)
@@ -172,6 +175,18 @@ def test_sample_raw_guidance_zero_equals_no_guidance():
     a = model.sample_raw(3, steps=5, seed=1, target={"alpha": 30.0})
     b = model.sample_raw(3, steps=5, seed=1, target={"alpha": 30.0}, guidance=0.0)
     assert all((x[1] == y[1]).all() for x, y in zip(a, b, strict=True))
+
+
+@pytest.mark.parametrize("method", ["ancestral", "dpm2sde"])
+def test_guidance_with_categorical_types(method):
+    """Guidance mixes the type logits too: w = 0 is plain conditional sampling, w > 0 changes the draws."""
+    model = _tiny_model(categorical=True)
+    assert model.process.categorical_types
+    plain = model.sample_raw(4, steps=6, seed=2, target={"alpha": 30.0}, method=method)
+    zero = model.sample_raw(4, steps=6, seed=2, target={"alpha": 30.0}, guidance=0.0, method=method)
+    strong = model.sample_raw(4, steps=6, seed=2, target={"alpha": 30.0}, guidance=3.0, method=method)
+    assert all(x[0] == y[0] and (x[1] == y[1]).all() for x, y in zip(plain, zero, strict=True))
+    assert any(x[0] != y[0] or abs(x[1] - y[1]).max() > 1e-6 for x, y in zip(plain, strong, strict=True))
 
 
 # ---------------------------------------------------------------------------- conditioning has an effect

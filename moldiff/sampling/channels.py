@@ -25,6 +25,8 @@ before bonds), so a run is reproducible from its seed. Inpainting
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from moldiff.diffusion.process import EquivariantDiffusion
@@ -39,6 +41,9 @@ class DiscreteChannels:
         batch: ``[N]`` molecule index of every atom (on the sampling device).
         context: ``[B, C]`` conditioning passed to the network, or ``None``.
         generator: RNG of every draw (``None``: the global one).
+        net: optional override of the network call, ``(z_pos, z_h, t) -> output`` in the process's
+            ``denoise`` format (e.g. classifier-free guidance, which mixes the noise predictions and,
+            for categorical types, the clean-type logits); not with bonds or self-conditioning.
 
     Attributes:
         categorical: whether atom types are categorical (``types`` is used).
@@ -50,8 +55,11 @@ class DiscreteChannels:
     """
 
     def __init__(self, process: EquivariantDiffusion, batch: torch.Tensor, context: torch.Tensor | None = None,
-                 generator: torch.Generator | None = None) -> None:
+                 generator: torch.Generator | None = None,
+                 net: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]] | None = None,
+                 ) -> None:
         self.process = process
+        self.net = net
         self.batch = batch
         self.context = context
         self.generator = generator
@@ -64,6 +72,8 @@ class DiscreteChannels:
         self.bonds: torch.Tensor | None = None
         self.pairs = molecule_pairs(batch) if self.has_bonds else None
         self.self_cond: tuple[torch.Tensor, torch.Tensor] | None = None
+        if net is not None and (self.has_bonds or self.self_conditioning):
+            raise ValueError("guidance / eps_fn is not supported yet with a bond channel or self-conditioning")
 
     def start(self, dtype: torch.dtype, device: torch.device | str) -> None:
         """Draw the channels at ``t = T`` from their priors: the types, then the bond classes."""
@@ -83,6 +93,8 @@ class DiscreteChannels:
         and, with bonds, the clean-bond logits third.
         """
         proc = self.process
+        if self.net is not None:  # an override such as classifier-free guidance: (z_pos, z_h, t) -> output
+            return self.net(z_pos, z_h, t)
         kw = {"bonds": self.bonds} if self.has_bonds else {}
         if not self.self_conditioning:
             return proc.denoise(z_pos, z_h, t, self.batch, self.context, **kw)

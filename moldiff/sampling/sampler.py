@@ -152,15 +152,15 @@ class Sampler:
             context = context.to(device=device, dtype=dtype)
 
         # the network call; categorical types, bond classes and the self-conditioning estimate as side state
-        channels = DiscreteChannels(proc, batch, context, gen)
-        categorical = channels.categorical
-        if categorical and eps_fn is not None:
-            raise ValueError("guidance / eps_fn is not supported with categorical atom types")
+        # (with categorical types an ``eps_fn``, e.g. guidance, replaces the network call inside the
+        # channels, so that its type logits drive the type draws)
+        categorical = bool(getattr(proc, "categorical_types", False))
+        channels = DiscreteChannels(proc, batch, context, gen, net=eps_fn if categorical else None)
 
         def net_at(zp: torch.Tensor, zh: torch.Tensor, t: torch.Tensor,
                    s: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
             """Noise prediction at ``t``; categorical: also draws the types (and bonds) at ``s``."""
-            return channels.predict(zp, zh, t, s) if eps_fn is None else eps_fn(zp, zh, t)
+            return channels.predict(zp, zh, t, s) if eps_fn is None or categorical else eps_fn(zp, zh, t)
 
         if z_T is None:
             z_pos = sample_zero_com_gaussian(batch.cpu(), B, gen, dtype).to(device)
