@@ -400,7 +400,8 @@ def _sample_to_file(args: argparse.Namespace, model: MolDiff, fmt: str, target: 
             for _ in ordered:  # take part in every gather round; rank 0 writes
                 pass
             return 0
-        print(f"sampling {args.num} molecules: {method}, {steps or model.process.timesteps} steps, {device}"
+        spacing = "" if config.spacing == "uniform" else f" ({config.spacing} spacing)"
+        print(f"sampling {args.num} molecules: {method}, {steps or model.process.timesteps} steps{spacing}, {device}"
               + (f", {shard.world_size} processes" if shard.world_size > 1 else ""), file=sys.stderr)
         relaxed: list = []  # (symbols, pos) after --relax, and the RelaxResults
         with molecule_writer(args.out, fmt) as write:
