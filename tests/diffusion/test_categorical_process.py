@@ -112,10 +112,17 @@ def test_every_sampler_draws_valid_types_reproducibly(method):
     torch.testing.assert_close(remove_mean(a.pos, a.batch, 2), a.pos, rtol=0, atol=1e-5)
 
 
-def test_guidance_is_refused_with_categorical_types():
+def test_an_eps_fn_drives_the_type_draws():
+    """With categorical types an eps_fn (e.g. guidance) replaces the network call, logits included."""
     proc = categorical_process(timesteps=100)
-    with pytest.raises(ValueError, match="categorical"):
-        Sampler(proc).sample([3], steps=2, eps_fn=lambda zp, zh, t: (zp, zh))
+
+    def favour_class_2(zp, zh, t):
+        logits = torch.full((zh.shape[0], K), -30.0)
+        logits[:, 2] = 30.0
+        return torch.zeros_like(zp), logits
+
+    out = Sampler(proc).sample([3, 4], steps=4, seed=0, eps_fn=favour_class_2)
+    assert out.types.tolist() == [2] * 7
 
 
 def test_overfit_one_composition(make_batch, fit_batch):
