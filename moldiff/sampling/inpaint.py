@@ -74,6 +74,7 @@ from moldiff.diffusion.process import EquivariantDiffusion
 from moldiff.diffusion.schedules import NoiseSchedule
 from moldiff.geometry import pair_classes, remove_mean, scatter_mean
 from moldiff.sampling.channels import DiscreteChannels
+from moldiff.sampling.output import split_bonds
 from moldiff.sampling.sampler import SAMPLERS, batch_seed, plan_batches, timestep_grid
 from moldiff.sampling.solvers import grid_gammas, solve
 from moldiff.types import MolBatch
@@ -192,16 +193,7 @@ class InpaintOutput:
 
     def split_bonds(self) -> list[list[tuple[int, int, int]]]:
         """Per-molecule bonds ``[(i, j, code), ...]`` with molecule-local atom indices (raises without bonds)."""
-        if self.bond_index is None or self.bond_type is None:
-            raise ValueError("this output holds no bonds (the model has no bond channel)")
-        counts = torch.bincount(self.batch, minlength=self.num_graphs)
-        first = (torch.cumsum(counts, 0) - counts).tolist()
-        out: list[list[tuple[int, int, int]]] = [[] for _ in range(self.num_graphs)]
-        for i, j, code in zip(self.bond_index[0].tolist(), self.bond_index[1].tolist(), self.bond_type.tolist(),
-                              strict=True):
-            b = int(self.batch[i])
-            out[b].append((i - first[b], j - first[b], int(code)))
-        return out
+        return split_bonds(self.bond_index, self.bond_type, self.batch, self.num_graphs)
 
 
 def sample_sizes_given_fragment(

@@ -9,7 +9,7 @@ import torch
 
 from moldiff.types import EpsFn
 
-__all__ = ["EpsFn", "SampleOutput", "concat_outputs"]
+__all__ = ["EpsFn", "SampleOutput", "concat_outputs", "split_bonds"]
 
 
 @dataclass
@@ -56,17 +56,7 @@ class SampleOutput:
 
     def split_bonds(self) -> list[list[tuple[int, int, int]]]:
         """Per-molecule bonds ``[(i, j, code), ...]`` with molecule-local atom indices (raises without bonds)."""
-        if self.bond_index is None or self.bond_type is None:
-            raise ValueError("this output holds no bonds (the model has no bond channel)")
-        batch = self.batch.cpu()
-        counts = torch.bincount(batch, minlength=self.num_graphs)
-        first = (torch.cumsum(counts, 0) - counts).tolist()
-        out: list[list[tuple[int, int, int]]] = [[] for _ in range(self.num_graphs)]
-        index, codes = self.bond_index.cpu(), self.bond_type.cpu()
-        for i, j, code in zip(index[0].tolist(), index[1].tolist(), codes.tolist(), strict=True):
-            m = int(batch[i])
-            out[m].append((i - first[m], j - first[m], int(code)))
-        return out
+        return split_bonds(self.bond_index, self.bond_type, self.batch, self.num_graphs)
 
     def cpu(self) -> SampleOutput:
         """This output with its tensors on the CPU (the chain is dropped)."""
@@ -74,6 +64,32 @@ class SampleOutput:
                                                     "bond_type": self.bond_type.cpu()}
         return SampleOutput(pos=self.pos.cpu(), types=self.types.cpu(), charges=self.charges.cpu(),
                             batch=self.batch.cpu(), num_graphs=self.num_graphs, **bonds)
+
+
+def split_bonds(bond_index: torch.Tensor | None, bond_type: torch.Tensor | None, batch: torch.Tensor,
+                num_graphs: int) -> list[list[tuple[int, int, int]]]:
+    """Per-molecule bonds ``[(i, j, code), ...]`` with molecule-local atom indices.
+
+    Args:
+        bond_index: ``[2, E]`` global atom pairs (``None``: the output holds no bonds, ``ValueError``).
+        bond_type: ``[E]`` bond codes.
+        batch: ``[N]`` molecule index of every atom.
+        num_graphs: number of molecules.
+
+    >>> split_bonds(torch.tensor([[0, 2], [1, 3]]), torch.tensor([1, 2]), torch.tensor([0, 0, 1, 1]), 2)
+    [[(0, 1, 1)], [(0, 1, 2)]]
+    """
+    if bond_index is None or bond_type is None:
+        raise ValueError("this output holds no bonds (the model has no bond channel)")
+    batch = batch.cpu()
+    counts = torch.bincount(batch, minlength=num_graphs)
+    first = (torch.cumsum(counts, 0) - counts).tolist()
+    out: list[list[tuple[int, int, int]]] = [[] for _ in range(num_graphs)]
+    index, codes = bond_index.cpu(), bond_type.cpu()
+    for i, j, code in zip(index[0].tolist(), index[1].tolist(), codes.tolist(), strict=True):
+        m = int(batch[i])
+        out[m].append((i - first[m], j - first[m], int(code)))
+    return out
 
 
 def concat_outputs(parts: Sequence[SampleOutput]) -> SampleOutput:
