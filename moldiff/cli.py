@@ -423,6 +423,19 @@ def _sample_to_file(args: argparse.Namespace, model: MolDiff, fmt: str, target: 
     for w in caught:
         print(f"moldiff: warning: {w.message}", file=sys.stderr)
     print(f"wrote {total} molecules to {args.out}" + (f" ({args.relax}-relaxed)" if args.relax else ""))
+    note = None
+    if model.config.data.remove_h:
+        note = ("note: a heavy-atom model: EDM's stability counts hydrogens, so only validity (by the model's bonds "
+                "where it has them) is meaningful here; the drug-like table: moldiff evaluate FILE --reference DATASET")
+    return _report(args, molecules, relaxed, "model samples", note)
+
+
+def _report(args: argparse.Namespace, records: list, relaxed: list, what: str, note: str | None = None) -> int:
+    """Print what follows the writing of samples; return exit code 0.
+
+    The relaxation summary, the model's own metrics (``what``, then ``note``), the relaxed molecules'
+    metrics (labelled post-processing) and the ``--grid`` picture.
+    """
     if args.relax:
         from moldiff.relax import format_relax_summary, summarize_relaxation
 
@@ -431,11 +444,10 @@ def _sample_to_file(args: argparse.Namespace, model: MolDiff, fmt: str, target: 
         return 0
     from moldiff.evaluation.report import evaluate_molecules, format_summary
 
-    table, summary = evaluate_molecules(molecules)
-    print(("model samples (before relaxation):\n" if args.relax else "") + format_summary(summary))
-    if model.config.data.remove_h:
-        print("note: a heavy-atom model: EDM's stability counts hydrogens, so only validity (by the model's bonds "
-              "where it has them) is meaningful here; the drug-like table: moldiff evaluate FILE --reference DATASET")
+    table, summary = evaluate_molecules(records)
+    print((f"{what} (before relaxation):\n" if args.relax else "") + format_summary(summary))
+    if note:
+        print(note)
     if args.relax:
         _, relaxed_summary = evaluate_molecules([m for m, _ in relaxed])
         print(f"after {args.relax} relaxation (post-processing, not a model metric):\n"
@@ -538,25 +550,8 @@ def _write_inpainted_bonds(args: argparse.Namespace, model: MolDiff, fmt: str, m
     if not bool(out.accepted.all()):
         print(f"moldiff: warning: {int((~out.accepted).sum())} molecules still break --grow/connectivity after "
               f"{args.max_tries} rounds (marked moldiff_constraints_met=0)", file=sys.stderr)
-    if args.relax:
-        from moldiff.relax import format_relax_summary, summarize_relaxation
-
-        print(format_relax_summary(summarize_relaxation([r for _, r in relaxed])))
-    if not args.evaluate:
-        return 0
-    from moldiff.evaluation.report import evaluate_molecules, format_summary
-
-    table, summary = evaluate_molecules(_sampled_records(triples))  # the model's own output and bonds
-    print(("completions (before relaxation):\n" if args.relax else "") + format_summary(summary))
-    if args.relax:
-        _, relaxed_summary = evaluate_molecules([mol for mol, _ in relaxed])
-        print(f"after {args.relax} relaxation (post-processing, not a model metric):\n"
-              + format_summary(relaxed_summary))
-    if args.grid:
-        from moldiff.evaluation.draw import draw_grid
-
-        print(f"drew {draw_grid(table, args.grid)} molecules to {args.grid}")
-    return 0
+    return _report(args, _sampled_records(triples) if args.evaluate else [], relaxed,  # the model's own bonds
+                   "completions")
 
 
 def _relax_batch(batch: list, method: str, relaxed: list) -> list:
