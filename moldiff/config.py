@@ -176,6 +176,9 @@ class DiffusionConfig:
 #: ``train.align_noise`` values (the same names as ``moldiff.geometry.NOISE_ALIGNMENTS``; a test checks).
 NOISE_ALIGNMENTS = ("none", "rotation", "permutation", "both")
 
+#: ``train.lr_schedule`` values (``moldiff.training.trainer.lr_at`` implements them).
+LR_SCHEDULES = ("constant", "linear", "cosine")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -183,6 +186,11 @@ class TrainConfig:
 
     ``ema_warmup``: the EMA decay ramps as ``min(ema_decay, (1 + step) / (10 + step))`` so that the
     averaged weights forget the random initialisation within the first steps (EDM: off).
+
+    ``lr_schedule``: ``"constant"`` (EDM), or ``"linear"`` / ``"cosine"`` decay from ``lr`` to
+    ``lr_min`` over the last ``lr_decay_steps`` steps of ``max_steps`` (all of them when ``None``):
+    a warm-stable-decay "cool-down" when ``lr_decay_steps`` is a fraction of the run, or a branch
+    started with ``--init`` from a long constant-rate run to export cooled-down weights.
 
     ``align_noise``: in training only, align the position noise to each molecule before
     ``z_t = alpha x + sigma eps`` is formed: ``"rotation"`` (Kabsch: the proper rotation of the noise
@@ -213,9 +221,18 @@ class TrainConfig:
     augment_rotations: bool = False
     compile: bool = False
     align_noise: str = "none"
+    lr_schedule: str = "constant"
+    lr_min: float = 0.0
+    lr_decay_steps: int | None = None
 
     def __post_init__(self) -> None:
         _check_positive("train.lr", self.lr)
+        _check_choice("train.lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        _check_positive("train.lr_decay_steps", self.lr_decay_steps)
+        if not 0.0 <= self.lr_min <= self.lr:
+            raise ValueError(f"train.lr_min must be in [0, train.lr], got {self.lr_min!r}")
+        if self.lr_schedule != "constant" and self.max_steps is None:
+            raise ValueError(f"train.lr_schedule {self.lr_schedule!r} decays towards train.max_steps, which is not set")
         _check_positive("train.batch_size", self.batch_size)
         _check_positive("train.epochs", self.epochs)
         _check_positive("train.max_steps", self.max_steps)

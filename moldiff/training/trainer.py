@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from moldiff.checkpoint import load_checkpoint, load_state, save_checkpoint
 from moldiff.conditioning import drop_context, with_keep_flags
-from moldiff.config import ExperimentConfig
+from moldiff.config import ExperimentConfig, TrainConfig
 from moldiff.diffusion.process import EquivariantDiffusion
 from moldiff.evaluation.stability import stability_fractions
 from moldiff.geometry import noise_aligner, rotate_batch
@@ -72,6 +72,24 @@ def ema_decay_at(decay: float, step: int, warmup: bool) -> float:
     (0.1, 0.999, 0.999)
     """
     return min(decay, (1.0 + step) / (10.0 + step)) if warmup else decay
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """Learning rate for optimiser step ``step`` (0-based) under ``cfg.lr_schedule``.
+
+    Constant until the last ``lr_decay_steps`` steps of ``max_steps`` (all of them when unset), then
+    ``linear`` or ``cosine`` from ``lr`` down to ``lr_min``, reached at step ``max_steps``.
+
+    >>> c = TrainConfig(lr=1.0, lr_schedule="linear", max_steps=10, lr_decay_steps=4)
+    >>> [round(lr_at(c, s), 2) for s in (0, 6, 7, 8, 10)]
+    [1.0, 1.0, 0.75, 0.5, 0.0]
+    """
+    if cfg.lr_schedule == "constant" or cfg.max_steps is None:
+        return cfg.lr
+    span = min(cfg.lr_decay_steps or cfg.max_steps, cfg.max_steps)
+    frac = min(max((step - (cfg.max_steps - span)) / span, 0.0), 1.0)  # 0 before the decay, 1 at its end
+    scale = 1.0 - frac if cfg.lr_schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * frac))
+    return cfg.lr_min + (cfg.lr - cfg.lr_min) * scale
 
 
 def quick_stability(process: EquivariantDiffusion, elements: list[str], num_atoms: torch.Tensor, steps: int,
@@ -261,6 +279,9 @@ class Trainer:
                 loss.backward()
                 params = [p for p in self.process.parameters() if p.grad is not None]
                 grad_norm, clip_max = self.clipper(params) if cfg.clip_grad else (float("nan"), float("nan"))
+                if cfg.lr_schedule != "constant":
+                    for group in self.opt.param_groups:
+                        group["lr"] = lr_at(cfg, st.step)
                 self.opt.step()
                 ema_update(self.ema, self.process, ema_decay_at(cfg.ema_decay, st.step, cfg.ema_warmup))
                 st.step += 1

@@ -199,3 +199,41 @@ def test_augment_rotations_rotates_each_training_molecule(tmp_path, augment):
     a, b, same = seen[0], loaded[0], mol["batch"][:, None] == mol["batch"][None, :]
     torch.testing.assert_close(torch.cdist(a, a)[same], torch.cdist(b, b)[same], rtol=0, atol=1e-5)  # rigid
     assert torch.allclose(a, b) != augment
+
+
+def test_lr_schedules_decay_to_lr_min_over_the_last_steps():
+    from moldiff.config import TrainConfig
+    from moldiff.training.trainer import lr_at
+
+    const = TrainConfig(lr=2e-3, max_steps=10)
+    assert [lr_at(const, s) for s in (0, 5, 10)] == [2e-3] * 3
+    lin = TrainConfig(lr=1.0, lr_min=0.2, lr_schedule="linear", max_steps=10)  # decays over all 10 steps
+    assert [lr_at(lin, s) for s in (0, 5, 10, 12)] == pytest.approx([1.0, 0.6, 0.2, 0.2])
+    cos = TrainConfig(lr=1.0, lr_schedule="cosine", max_steps=20, lr_decay_steps=10)  # constant, then cosine
+    assert [lr_at(cos, s) for s in (0, 10, 15, 20)] == pytest.approx([1.0, 1.0, 0.5, 0.0])
+    with pytest.raises(ValueError, match="max_steps"):
+        TrainConfig(lr_schedule="linear")
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TrainConfig(lr_schedule="step", max_steps=3)
+    with pytest.raises(ValueError, match="lr_min"):
+        TrainConfig(lr=1e-4, lr_min=1e-3)
+
+
+def test_fit_applies_the_schedule_and_a_resumed_run_follows_it(tmp_path):
+    d = CFG.to_dict()
+    d["train"].update(max_steps=6, lr_schedule="linear", lr_min=1e-4)
+    cfg = ExperimentConfig.from_dict(d)
+    tr = _trainer(tmp_path / "a", cfg)
+    tr.fit()
+    assert tr.opt.param_groups[0]["lr"] == pytest.approx(1e-3 - 5 / 6 * (1e-3 - 1e-4))  # the lr of step 5 (0-based)
+    full = {k: v.clone() for k, v in tr.process.state_dict().items()}
+    # the same run, stopped after one epoch (3 steps) and resumed: bit-identical weights
+    d["train"]["epochs"] = 1
+    part = _trainer(tmp_path / "b", ExperimentConfig.from_dict(d))
+    assert part.fit().step == 3
+    d["train"]["epochs"] = CFG.train.epochs
+    resumed = _trainer(tmp_path / "b", ExperimentConfig.from_dict(d))
+    resumed.resume()
+    resumed.fit()
+    for k, v in resumed.process.state_dict().items():
+        assert torch.equal(v, full[k]), k
