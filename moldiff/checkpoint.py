@@ -155,6 +155,32 @@ def load_state(module: torch.nn.Module, state_dict: Any, path: str | Path, what:
                          f"{detail[:200]}); check the config (hidden_nf, n_layers, elements, conditioning)") from None
 
 
+def grow_state_dict(target: dict[str, torch.Tensor], source: dict[str, torch.Tensor]) -> tuple[dict, list[str]]:
+    """``source`` fitted into ``target``'s shapes by zero-padding: each tensor of ``source`` is copied
+    into the leading block of a zero tensor of the target's shape.
+
+    Used to start a conditional model from an unconditional one (``moldiff train --init``): the
+    context adds input columns to the denoiser's first layer and output rows to its last; zero
+    columns make the grown network compute exactly what the source did, whatever the context.
+    Returns ``(state, grown_keys)``; raises ``ValueError`` when the keys differ or a tensor would shrink.
+    """
+    if set(target) != set(source):
+        diff = sorted(set(target) ^ set(source))
+        raise ValueError(f"parameter names differ ({', '.join(diff[:3])}{', ...' if len(diff) > 3 else ''})")
+    out, grown = {}, []
+    for key, want in target.items():
+        have = source[key]
+        if have.shape == want.shape:
+            out[key] = have
+            continue
+        if have.dim() != want.dim() or any(h > w for h, w in zip(have.shape, want.shape)):
+            raise ValueError(f"{key}: shape {tuple(have.shape)} does not fit {tuple(want.shape)}")
+        big = torch.zeros(want.shape, dtype=have.dtype, device=want.device)
+        big[tuple(slice(0, h) for h in have.shape)] = have
+        out[key], _ = big, grown.append(key)
+    return out, grown
+
+
 def export_checkpoint(src: str | Path, dst: str | Path, info: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write a sampling-only copy of a training checkpoint (no optimizer/RNG state), e.g. to ship it.
 

@@ -28,7 +28,9 @@ from moldiff.checkpoint import load_checkpoint, save_checkpoint
 from moldiff.conditioning import PROPERTIES, PROPERTY_NAMES, conditional_inputs
 from moldiff.config import ExperimentConfig
 from moldiff.data import get_split, load_dataset, property_mean_mad
+from moldiff.evaluation.stability import stability_fractions
 from moldiff.pipeline import PRETRAINED_DIR, from_checkpoint
+from moldiff.sampling.config import SamplingConfig
 from moldiff.sampling.priors import PropertyDistribution
 from moldiff.training.property import (
     fit_num_nodes_baseline,
@@ -60,6 +62,16 @@ REDUCED_GENERATOR = {
               "n_eval_samples": 0, "val_molecules": 256, "num_threads": 1, "context_dropout": 0.1,
               "checkpoint_every_steps": 10**9},
 }
+
+
+def settings(args: argparse.Namespace) -> dict:
+    """The stage settings: ``FULL`` or ``REDUCED``, with the command line's overrides."""
+    p = dict(REDUCED if args.reduced else FULL)
+    for key in ("cls_train", "cls_epochs", "cls_minutes", "cls_hidden", "cls_layers", "num_samples", "steps"):
+        value = getattr(args, key, None)
+        if value is not None:
+            p[key] = None if key == "cls_train" and value == 0 else value
+    return p
 
 
 def log(msg: str) -> None:
@@ -96,8 +108,8 @@ def ensure_property_distribution(path: Path, arrays, prop: str) -> None:
 
 def classifier(prop: str, arrays, args: argparse.Namespace, work: Path) -> tuple:
     """φ_c for ``prop``: cached in ``work`` or trained on D_a now; returns ``(model, info)``."""
-    p = REDUCED if args.reduced else FULL
-    cls_path = work / f"classifier_{prop}.pt"
+    p = settings(args)
+    cls_path = Path(args.classifier.format(prop=prop)) if args.classifier else work / f"classifier_{prop}.pt"
     if cls_path.is_file() and not args.retrain:
         phi, meta = load_predictor(cls_path)
         return phi, meta["info"]
@@ -115,7 +127,7 @@ def classifier(prop: str, arrays, args: argparse.Namespace, work: Path) -> tuple
 
 def run_property(prop: str, arrays, args: argparse.Namespace, work: Path) -> dict:
     """All four rows of Table 3 for one property."""
-    p = REDUCED if args.reduced else FULL
+    p = settings(args)
     t0 = time.perf_counter()
     d_a, d_b, valid = (get_split(s, "qm9") for s in ("first_half", "second_half", "valid"))
     norm = property_mean_mad(arrays, valid, [prop])[prop]
@@ -138,9 +150,13 @@ def run_property(prop: str, arrays, args: argparse.Namespace, work: Path) -> dic
     gen = torch.Generator().manual_seed(args.seed)
     cond = conditional_inputs(model, p["num_samples"], None, None, None, gen)
     t_s = time.perf_counter()
-    mols = model.sample_raw(p["num_samples"], steps=p["steps"], seed=args.seed,
+    method = args.method or model.default_sampling[0]
+    spacing = args.spacing or model.default_spacing
+    mols = model.sample_raw(p["num_samples"], config=SamplingConfig(method=method, steps=p["steps"], seed=args.seed,
+                                                                   spacing=spacing),
                             num_atoms=cond.num_atoms.tolist(), context=cond.context)
     sample_s = time.perf_counter() - t_s
+    atom_stab, mol_stab = stability_fractions(mols)  # EDM's distance rule, as the unconditional headline
     pred_gen = predict_molecules(phi, mols, arrays.elements, norm)
     err = np.abs(pred_gen - cond.values[:, 0].numpy())
     rows["EDM"] = float(np.mean(err))  # EDM's protocol: every sample, no filtering
@@ -148,11 +164,13 @@ def run_property(prop: str, arrays, args: argparse.Namespace, work: Path) -> dic
     # inside QM9's extent (all atoms within 10 Å of the centre), where φ_c is not extrapolating.
     bounded = np.array([np.abs(pos).max() <= 10.0 for _, pos in mols])
     extra = {"median_ae": float(np.median(err)), "bounded_fraction": float(bounded.mean()),
-             "bounded_mae": float(np.mean(err[bounded])) if bounded.any() else float("nan")}
+             "bounded_mae": float(np.mean(err[bounded])) if bounded.any() else float("nan"),
+             "atom_stability": atom_stab, "mol_stability": mol_stab}
     log(f"[{prop}] " + ", ".join(f"{k} {v:.4g}" for k, v in {**rows, **extra}.items()))
     return {"mae": rows, "generator_robust": extra, "unit": PROPERTIES[prop].unit, "norm": list(norm),
             "classifier": cls_info,
             "generator": str(gen_path), "num_samples": p["num_samples"], "steps": p["steps"],
+            "sampler": method, "spacing": spacing,
             "sample_seconds": sample_s, "seconds": time.perf_counter() - t0}
 
 
@@ -217,6 +235,9 @@ def format_table(results: dict) -> str:
     lines.append("| moldiff generator, MAE of samples within 10 Å | " + " | ".join(
         f"{results[k]['generator_robust']['bounded_mae']:.4g} "
         f"({100 * results[k]['generator_robust']['bounded_fraction']:.0f} %)" for k in props) + " |")
+    lines.append("| moldiff generator, atom / molecule stability (EDM rule) | " + " | ".join(
+        f"{100 * results[k]['generator_robust'].get('atom_stability', float('nan')):.1f} / "
+        f"{100 * results[k]['generator_robust'].get('mol_stability', float('nan')):.1f} %" for k in props) + " |")
     return "\n".join(lines)
 
 
@@ -226,6 +247,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--properties", default=",".join(PROPERTY_NAMES), help="comma-separated subset")
     ap.add_argument("--generator", default=None, help="checkpoint template, e.g. runs/c_{prop}/last.pt")
     ap.add_argument("--retrain", action="store_true", help="retrain classifiers/generators even if cached")
+    ap.add_argument("--classifier", default=None,
+                    help="φ_c checkpoint template, e.g. runs/phi_{prop}.pt (trained there when missing)")
+    ap.add_argument("--cls-train", type=int, default=None, help="D_a molecules for φ_c (0: all of D_a)")
+    ap.add_argument("--cls-epochs", type=int, default=None, help="φ_c epochs (the cosine schedule spans them)")
+    ap.add_argument("--cls-minutes", type=float, default=None, help="φ_c wall-clock cap")
+    ap.add_argument("--cls-hidden", type=int, default=None, help="φ_c width")
+    ap.add_argument("--cls-layers", type=int, default=None, help="φ_c layers")
+    ap.add_argument("--num-samples", type=int, default=None, help="generated molecules per property")
+    ap.add_argument("--steps", type=int, default=None, help="sampling steps (reduced: 50)")
+    ap.add_argument("--method", default=None, help="sampler (default: the model's recommendation)")
+    ap.add_argument("--spacing", default=None, help="step spacing (default: the model's recommendation)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default=str(ROOT / "results" / "tmp" / "qm9_conditional"))
     ap.add_argument("--out", default=None, help="JSON (default: results/qm9_conditional[_reduced].json)")
@@ -250,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {prop: run_property(prop, arrays, args, work) for prop in props}
     out = Path(args.out or ROOT / "results" / f"qm9_conditional{'_reduced' if args.reduced else ''}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"reduced": args.reduced, "settings": REDUCED if args.reduced else FULL,
+    out.write_text(json.dumps({"reduced": args.reduced, "settings": settings(args),
                                "paper": PAPER, "results": results}, indent=2))
     print(format_table(results))
     print(f"wrote {out}")

@@ -11,6 +11,7 @@ import copy
 import csv
 import math
 import os
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -23,7 +24,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from moldiff.checkpoint import load_checkpoint, load_state, save_checkpoint
+from moldiff.checkpoint import grow_state_dict, load_checkpoint, load_state, save_checkpoint
 from moldiff.conditioning import drop_context, with_keep_flags
 from moldiff.config import ExperimentConfig, TrainConfig
 from moldiff.diffusion.process import EquivariantDiffusion
@@ -191,11 +192,35 @@ class Trainer:
         if self.rank == 0:
             truncate_log(self.out_dir / "log.csv", self.state.step)
 
-    def init_from(self, path: str | Path) -> None:
-        """Start from the (EMA and raw) weights of another checkpoint, e.g. a shipped model."""
+    def init_from(self, path: str | Path) -> list[str]:
+        """Start from the (EMA and raw) weights of another checkpoint, e.g. a shipped model.
+
+        A conditional run may start from an unconditional checkpoint with the same ``model`` and
+        ``diffusion`` sections: the context's new input columns (and unused output rows) start at
+        zero (:func:`~moldiff.checkpoint.grow_state_dict`), so training begins from exactly the
+        unconditional network and learns to use the context. Returns the names of grown tensors.
+        """
         payload = load_checkpoint(path, map_location=self.device)
-        load_state(self.process, payload["model"], path)
-        load_state(self.ema, payload["ema"], path, what="EMA weights")
+        src_cfg = payload.get("config") or {}
+        src_cond = tuple((payload.get("stats") or {}).get("conditioning") or ())
+        mine = self.config.to_dict()
+        growable = (src_cfg.get("model") == mine["model"] and src_cfg.get("diffusion") == mine["diffusion"]
+                    and not src_cond and self.stats.conditioning)
+        if not growable:
+            load_state(self.process, payload["model"], path)
+            load_state(self.ema, payload["ema"], path, what="EMA weights")
+            return []
+        try:
+            model, grown = grow_state_dict(self.process.state_dict(), payload["model"])
+            ema, _ = grow_state_dict(self.ema.state_dict(), payload["ema"])
+        except (ValueError, TypeError, AttributeError, KeyError) as exc:
+            raise ValueError(f"checkpoint {path} does not fit this conditional model ({exc})") from None
+        load_state(self.process, model, path)
+        load_state(self.ema, ema, path, what="EMA weights")
+        if self.rank == 0 and grown:
+            print(f"init: unconditional {path} -> conditioning {list(self.stats.conditioning)} "
+                  f"(zero-initialised context weights in {', '.join(grown)})", file=sys.stderr)
+        return grown
 
     def _context(self, mb: MolBatch, train: bool) -> MolBatch:
         """Guidance training: ``[B, C]`` -> ``[c · keep, keep]``, nulled w.p. ``context_dropout`` when training."""

@@ -237,3 +237,36 @@ def test_fit_applies_the_schedule_and_a_resumed_run_follows_it(tmp_path):
     resumed.fit()
     for k, v in resumed.process.state_dict().items():
         assert torch.equal(v, full[k]), k
+
+
+def test_init_grows_an_unconditional_checkpoint_into_a_conditional_model(tmp_path):
+    """`--init` from an unconditional run: the context weights start at zero, so the conditional
+    denoiser computes exactly the unconditional one for any context, and the run then trains."""
+    src = _trainer(tmp_path / "uncond")
+    src.fit()
+    d = CFG.to_dict()
+    d["train"].update(context_dropout=0.2, max_steps=2)
+    cfg = ExperimentConfig.from_dict(d)
+    arrays = _arrays()
+    stats = {"elements": list(arrays.elements), "n_atoms_hist": {3: 3, 4: 3, 5: 3, 6: 3}, "max_n_atoms": 6,
+             "context_nf": 1, "conditioning": ["alpha"]}
+    proc = build_process(cfg, len(arrays.elements), context_nf=1)  # 2 channels, [c * keep, keep], with dropout
+    loader = MolLoader(arrays, batch_size=4, seed=0)
+    tr = Trainer(proc, cfg, stats, loader.iter_batches, tmp_path / "cond", progress=False)
+    grown = tr.init_from(tmp_path / "uncond" / "last.pt")
+    assert grown  # the first and last layers were padded with zero context weights
+    g = torch.Generator().manual_seed(3)
+    pos, h = torch.randn(7, 3, generator=g), torch.randn(7, src.process.denoiser.in_node_nf, generator=g)
+    batch, t = torch.tensor([0, 0, 0, 1, 1, 1, 1]), torch.rand(2, 1, generator=g)
+    with torch.no_grad():
+        ref = src.ema.denoiser(pos, h, t, batch)
+        for ctx in (torch.zeros(2, 2), torch.randn(2, 2, generator=g)):  # any value and keep flag
+            out = tr.ema.denoiser(pos, h, t, batch, context=ctx)
+            for a, b in zip(ref, out):
+                assert torch.allclose(a, b, atol=1e-6)
+    # a checkpoint of another architecture is still refused with one line
+    d2 = CFG.to_dict()
+    d2["model"]["hidden_nf"] = 8
+    other = _trainer(tmp_path / "other", ExperimentConfig.from_dict(d2))
+    with pytest.raises(ValueError, match="does not fit"):
+        other.init_from(tmp_path / "uncond" / "last.pt")
