@@ -471,9 +471,10 @@ def _sample_inpaint(args: argparse.Namespace, model: MolDiff, fmt: str, device: 
         raise CLIError("--fix does not take --eta")
     plan = plan_inpainting(model, args.fix, args.num, num_atoms=args.num_atoms, steps=args.steps, seed=args.seed,
                            method=args.sampler, grow=args.grow)  # fragments and arguments checked here
+    mode = "model trained for fixed atoms" if model.process.fragment_input else "RePaint replacement"
     print(f"inpainting {args.num} molecules around {plan.num_fragments} fragment(s) ({plan.fragment.num_atoms} "
-          f"atoms): {plan.method}, {plan.steps or model.process.timesteps} steps, resample {args.resample}, {device}",
-          file=sys.stderr)
+          f"atoms; {mode}): {plan.method}, {plan.steps or model.process.timesteps} steps, resample {args.resample}, "
+          f"{device}", file=sys.stderr)
     mols, out = run_inpainting(model, plan, seed=args.seed, resample=args.resample, max_tries=args.max_tries,
                                device=device, progress=True)
     m = int(out.fixed[out.batch == 0].sum())

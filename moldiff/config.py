@@ -86,6 +86,9 @@ class ModelConfig:
             in training half of the batches get the detached estimate of an extra forward pass).
         precision: ``"fp32"`` or ``"bf16"`` (autocast of the invariant MLPs; positions, distances,
             the coordinate update and the centre-of-mass removal stay float32).
+        fragment_input: the network reads one more per-atom input, 1 for fixed (fragment) atoms and 0
+            otherwise (DiffLinker-style fragment conditioning; trained with ``train.fragment_prob``,
+            used by ``moldiff sample --fix``).
     """
 
     kind: str = "egnn"
@@ -99,6 +102,7 @@ class ModelConfig:
     node_projection: bool = True
     precision: str = "fp32"
     self_condition: bool = False
+    fragment_input: bool = False
 
     def __post_init__(self) -> None:
         _check_positive("model.hidden_nf", self.hidden_nf)
@@ -110,6 +114,8 @@ class ModelConfig:
         _check_choice("model.precision", self.precision, PRECISIONS)
         if not isinstance(self.self_condition, bool):
             raise ValueError(f"model.self_condition must be true or false, got {self.self_condition!r}")
+        if not isinstance(self.fragment_input, bool):
+            raise ValueError(f"model.fragment_input must be true or false, got {self.fragment_input!r}")
 
 
 @dataclass(frozen=True)
@@ -197,6 +203,11 @@ class TrainConfig:
     closest to the molecule), ``"permutation"`` (Hungarian assignment of noise rows to atoms),
     ``"both"`` (rotation, then permutation) or ``"none"`` (EDM: independent noise). An ablation
     (SemlaFlow / EquiFM "equivariant OT"); see ``docs/configuration.md`` for the caveat.
+
+    ``fragment_prob``: probability that a training molecule gets a fragment fixed (needs
+    ``model.fragment_input``): a random connected group of ``k`` heavy atoms, ``k`` uniform in
+    ``fragment_free = [lo, hi]`` (at most ``n_heavy - 1``), plus their hydrogens, is regenerated
+    and every other atom is fixed (:func:`moldiff.training.fragments.fragment_mask`).
     """
 
     lr: float = 1e-4
@@ -224,6 +235,8 @@ class TrainConfig:
     lr_schedule: str = "constant"
     lr_min: float = 0.0
     lr_decay_steps: int | None = None
+    fragment_prob: float = 0.0
+    fragment_free: tuple[int, int] = (1, 4)
 
     def __post_init__(self) -> None:
         _check_positive("train.lr", self.lr)
@@ -243,6 +256,15 @@ class TrainConfig:
             raise ValueError(f"train.context_dropout must be in [0, 1), got {self.context_dropout!r}")
         _check_choice("train.device", self.device.split(":")[0], ("auto", "cpu", "cuda"))
         _check_choice("train.align_noise", self.align_noise, NOISE_ALIGNMENTS)
+        if isinstance(self.fragment_prob, bool) or not isinstance(self.fragment_prob, (int, float)) \
+                or not 0.0 <= self.fragment_prob <= 1.0:
+            raise ValueError(f"train.fragment_prob must be a number in [0, 1], got {self.fragment_prob!r}")
+        free = tuple(self.fragment_free) if isinstance(self.fragment_free, (list, tuple)) else ()
+        if len(free) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in free) \
+                or not 1 <= free[0] <= free[1]:
+            raise ValueError("train.fragment_free must be integers [lo, hi] with 1 <= lo <= hi, "
+                             f"got {self.fragment_free!r}")
+        object.__setattr__(self, "fragment_free", free)
 
 
 @dataclass(frozen=True)
@@ -253,6 +275,11 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if self.train.fragment_prob > 0 and not self.model.fragment_input:
+            raise ValueError("train.fragment_prob > 0 needs model.fragment_input: true (the network must see "
+                             "which atoms are fixed)")
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:

@@ -34,6 +34,11 @@ def _cdf(x: torch.Tensor) -> torch.Tensor:
     return 0.5 * (1.0 + torch.erf(x / math.sqrt(2)))
 
 
+def _atom_sum(values: torch.Tensor, index: torch.Tensor, num_graphs: int, weight: torch.Tensor | None) -> torch.Tensor:
+    """Per-molecule sum of per-atom (or per-pair) ``values``, each times ``weight`` when given (0: fixed)."""
+    return scatter_sum(values if weight is None else values * weight, index, num_graphs)
+
+
 @dataclass
 class LossOutput:
     """Per-molecule loss terms (``[B]`` each); ``loss`` is what training minimises."""
@@ -161,12 +166,20 @@ class EquivariantDiffusion(nn.Module):
         net = getattr(self.denoiser, "module", self.denoiser)  # through a DDP wrapper
         return bool(getattr(net, "self_condition", False))
 
+    @property
+    def fragment_input(self) -> bool:
+        """Whether the denoiser reads a per-atom fixed-atom flag (``fixed``; trained for fragments)."""
+        net = getattr(self.denoiser, "module", self.denoiser)  # through a DDP wrapper
+        return bool(getattr(net, "fragment_input", False))
+
     def _net(self, pos: torch.Tensor, h: torch.Tensor, t: torch.Tensor, batch: torch.Tensor,
              context: torch.Tensor | None, self_cond: tuple[torch.Tensor, torch.Tensor] | None,
-             bonds: torch.Tensor | None = None) -> tuple:
+             bonds: torch.Tensor | None = None, fixed: torch.Tensor | None = None) -> tuple:
         kw = {}
         if self.self_conditioning:
             kw["self_cond"] = self_cond
+        if self.fragment_input:  # None: no fixed atom (the denoiser reads zeros)
+            kw["fixed"] = fixed
         if self.has_bonds:
             if bonds is None:
                 raise ValueError("this model has a bond channel: pass the current bond classes (bonds=)")
@@ -176,16 +189,17 @@ class EquivariantDiffusion(nn.Module):
     def denoise(
         self, pos: torch.Tensor, h: torch.Tensor, t: torch.Tensor, batch: torch.Tensor,
         context: torch.Tensor | None = None, self_cond: tuple[torch.Tensor, torch.Tensor] | None = None,
-        bonds: torch.Tensor | None = None,
+        bonds: torch.Tensor | None = None, fixed: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, ...]:
         """Call the denoiser: ``t [B]`` normalised time -> noise prediction ``(eps_pos, eps_h)``.
 
         With categorical atom types the second element is the clean-type logits. ``self_cond``: the
         previous clean estimate (:meth:`x0_from_eps`) for a self-conditioned denoiser. With a bond
         channel, ``bonds [P, K_b]`` are the current one-hot pair classes and the clean-bond logits
-        ``[P, K_b]`` come back third.
+        ``[P, K_b]`` come back third. ``fixed [N]`` bool: the atoms given clean (a fragment), read
+        by a denoiser with ``fragment_input`` (ignored otherwise; ``None``: none fixed).
         """
-        out = self._net(pos, h, t, batch, context, self_cond, bonds)
+        out = self._net(pos, h, t, batch, context, self_cond, bonds, fixed)
         if self.parameterization.name == "eps":
             return out
         alpha, sigma = self._alpha_sigma_atoms(t, batch)
@@ -196,9 +210,10 @@ class EquivariantDiffusion(nn.Module):
     def predict_x0(
         self, pos: torch.Tensor, h: torch.Tensor, t: torch.Tensor, batch: torch.Tensor,
         context: torch.Tensor | None = None, self_cond: tuple[torch.Tensor, torch.Tensor] | None = None,
+        fixed: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Clean-molecule prediction ``(x0_pos, x0_h)`` in the normalised diffusion space."""
-        out = self._net(pos, h, t, batch, context, self_cond)
+        out = self._net(pos, h, t, batch, context, self_cond, fixed=fixed)
         alpha, sigma = self._alpha_sigma_atoms(t, batch)
         return self.parameterization.to_x0(out, (pos, h), alpha, sigma)
 
@@ -215,13 +230,13 @@ class EquivariantDiffusion(nn.Module):
 
     def _train_self_cond(
         self, pos: torch.Tensor, h: torch.Tensor, t: torch.Tensor, batch: torch.Tensor, context: torch.Tensor | None,
-        generator: torch.Generator | None, bonds: torch.Tensor | None = None,
+        generator: torch.Generator | None, bonds: torch.Tensor | None = None, fixed: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Self-conditioning in training: half of the batches get the network's own (detached) estimate."""
         if not self.self_conditioning or float(torch.rand((), generator=generator)) < 0.5:
             return None
         with torch.no_grad():
-            eps = self.denoise(pos, h, t, batch, context, bonds=bonds)
+            eps = self.denoise(pos, h, t, batch, context, bonds=bonds, fixed=fixed)
             return tuple(x.detach() for x in self.x0_from_eps(pos, h, eps, t, batch))
 
     def _alpha_sigma_atoms(self, t: torch.Tensor, batch: torch.Tensor,
@@ -251,6 +266,33 @@ class EquivariantDiffusion(nn.Module):
         s = NoiseSchedule.sigma_from_gamma(gamma_t)[batch].unsqueeze(1)
         return a * pos + s * eps_pos, a * h + s * eps_h
 
+    @staticmethod
+    def place_fixed(z_pos: torch.Tensor, pos: torch.Tensor, fixed: torch.Tensor, batch: torch.Tensor,
+                    num_graphs: int) -> torch.Tensor:
+        """Fixed rows of ``z_pos`` <- the clean ``pos`` rows, translated to the centre of mass of the noisy ones.
+
+        ``z[F] = x[F] - mean_F(x) + mean_F(z)`` per molecule: the fragment enters clean, the sum over
+        the fixed rows (hence every molecule's centre of mass) is unchanged. This is inpainting's
+        replacement (:mod:`moldiff.sampling.inpaint`) with zero noise, so training matches sampling.
+
+        Args:
+            z_pos: ``[N, 3]`` noisy positions.
+            pos: ``[N, 3]`` clean positions (same frame).
+            fixed: ``[N]`` bool, the fixed atoms.
+            batch: ``[N]`` molecule index.
+            num_graphs: ``B``.
+
+        >>> z = EquivariantDiffusion.place_fixed(torch.tensor([[1.0, 0, 0], [3.0, 0, 0], [-4.0, 0, 0]]),
+        ...     torch.tensor([[0.0, 0, 0], [1.0, 0, 0], [5.0, 0, 0]]), torch.tensor([True, True, False]),
+        ...     torch.zeros(3, dtype=torch.long), 1)
+        >>> z[:, 0].tolist()
+        [1.5, 2.5, -4.0]
+        """
+        w = fixed.to(z_pos.dtype).unsqueeze(1)
+        count = scatter_sum(w, batch, num_graphs).clamp(min=1.0)
+        shift = (scatter_sum(w * z_pos, batch, num_graphs) - scatter_sum(w * pos, batch, num_graphs)) / count
+        return torch.where(fixed.unsqueeze(1), pos + shift[batch], z_pos)
+
     # ------------------------------------------------------------------ likelihood terms
     def kl_prior(self, pos: torch.Tensor, h: torch.Tensor, batch: torch.Tensor, num_graphs: int) -> torch.Tensor:
         """``KL(q(z_T | x) || N(0, I))`` per molecule (negligible; a schedule sanity check)."""
@@ -273,8 +315,12 @@ class EquivariantDiffusion(nn.Module):
 
     def log_pxh_given_z0_without_constants(
         self, h: torch.Tensor, z_h: torch.Tensor, error_x: torch.Tensor, batch: torch.Tensor, num_graphs: int,
+        atom_weight: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``log p(x, h | z_0)`` up to constants: Gaussian on x, discretised Gaussians on types/charges."""
+        """``log p(x, h | z_0)`` up to constants: Gaussian on x, discretised Gaussians on types/charges.
+
+        ``atom_weight [N]``: optional per-atom weights of the type/charge terms (0 for fixed atoms).
+        """
         sigma0 = NoiseSchedule.sigma_from_gamma(self.schedule.gamma(torch.zeros(1, device=h.device)))
         k = self.num_classes
         onehot = h[:, :k] * self.norm_values[1]
@@ -290,6 +336,8 @@ class EquivariantDiffusion(nn.Module):
             s_int = sigma0 * self.norm_values[2]
             c = charge - est
             per_atom = per_atom + torch.log(_cdf((c + 0.5) / s_int) - _cdf((c - 0.5) / s_int) + _EPS).sum(1)
+        if atom_weight is not None:
+            per_atom = per_atom * atom_weight
         log_p_h = scatter_sum(per_atom, batch, num_graphs)
         return -0.5 * error_x + log_p_h
 
@@ -297,6 +345,7 @@ class EquivariantDiffusion(nn.Module):
     def loss(
         self, mol: MolBatch, generator: torch.Generator | None = None, t_int: torch.Tensor | None = None,
         noise: tuple[torch.Tensor, torch.Tensor] | None = None, noise_align: NoiseAlign | None = None,
+        fixed: torch.Tensor | None = None,
     ) -> LossOutput:
         """EDM's training objective (one network call), per molecule.
 
@@ -314,6 +363,13 @@ class EquivariantDiffusion(nn.Module):
                 zero-CoM data: the trainer's ``train.align_noise``
                 (:func:`moldiff.geometry.noise_aligner`: Kabsch rotation and/or Hungarian
                 permutation of the noise onto the molecule). ``None``: independent noise (EDM).
+            fixed: optional ``[N]`` bool, atoms held fixed (fragment training, DiffLinker-style):
+                ``z_t`` is formed for every atom as usual, then the fixed rows get the clean fragment
+                translated to the centre of mass of their noisy rows (:meth:`place_fixed`; the
+                molecule's centre of mass is unchanged), their clean types and, with a bond channel,
+                the clean classes of the pairs among them; the denoiser reads the flag
+                (``fragment_input``) and the loss counts the free atoms (and pairs with a free atom)
+                only, with the same normalisation. ``None``: no fixed atoms (bit-identical to before).
 
         Returns:
             :class:`LossOutput` with ``[B]`` tensors.
@@ -329,15 +385,19 @@ class EquivariantDiffusion(nn.Module):
         eps_pos, eps_h = noise if noise is not None else self.sample_noise(batch, B, pos.dtype, generator)
         if noise_align is not None:
             eps_pos = noise_align(eps_pos, pos, batch, B)
+        free = None if fixed is None else (~fixed).to(pos.dtype)  # per-atom loss weight
         if self.categorical_types:
-            return self._categorical_loss(mol, pos, eps_pos, t, gamma_t, t_int, generator)
+            return self._categorical_loss(mol, pos, eps_pos, t, gamma_t, t_int, generator, fixed)
         z_pos, z_h = self.q_sample(pos, h, gamma_t, batch, eps_pos, eps_h)
+        if fixed is not None:  # the fragment enters clean
+            z_pos = self.place_fixed(z_pos, pos, fixed, batch, B)
+            z_h = torch.where(fixed.unsqueeze(1), h, z_h)
         if not self.weighting.on_eps:
-            return self._x0_loss(mol, pos, h, z_pos, z_h, t, gamma_t, t_int, generator)
-        sc = self._train_self_cond(z_pos, z_h, t, batch, mol.context, generator)
-        pred_pos, pred_h = self.denoise(z_pos, z_h, t, batch, mol.context, self_cond=sc)
-        err_x = scatter_sum(((eps_pos - pred_pos) ** 2).sum(1), batch, B)
-        err_h = scatter_sum(((eps_h - pred_h) ** 2).sum(1), batch, B)
+            return self._x0_loss(mol, pos, h, z_pos, z_h, t, gamma_t, t_int, generator, fixed)
+        sc = self._train_self_cond(z_pos, z_h, t, batch, mol.context, generator, fixed=fixed)
+        pred_pos, pred_h = self.denoise(z_pos, z_h, t, batch, mol.context, self_cond=sc, fixed=fixed)
+        err_x = _atom_sum(((eps_pos - pred_pos) ** 2).sum(1), batch, B, free)
+        err_h = _atom_sum(((eps_h - pred_h) ** 2).sum(1), batch, B, free)
         error = err_x + err_h
         if self.training and self.loss_type == "l2":
             denom = (3 + self.feature_dim) * int(torch.bincount(batch, minlength=B).max())
@@ -346,7 +406,7 @@ class EquivariantDiffusion(nn.Module):
         else:
             weight = torch.exp(-(gamma_s - gamma_t)) - 1.0
         loss_t = 0.5 * weight * error
-        loss_0 = -self.log_pxh_given_z0_without_constants(h, z_h, err_x, batch, B)
+        loss_0 = -self.log_pxh_given_z0_without_constants(h, z_h, err_x, batch, B, free)
         is_zero = (t_int == 0).to(pos.dtype)
         loss_t = is_zero * loss_0 + (1 - is_zero) * loss_t
         if not (self.training and self.loss_type == "l2"):
@@ -357,12 +417,14 @@ class EquivariantDiffusion(nn.Module):
     def _x0_loss(
         self, mol: MolBatch, pos: torch.Tensor, h: torch.Tensor, z_pos: torch.Tensor, z_h: torch.Tensor,
         t: torch.Tensor, gamma_t: torch.Tensor, t_int: torch.Tensor, generator: torch.Generator | None = None,
+        fixed: torch.Tensor | None = None,
     ) -> LossOutput:
         """``0.5 w(SNR_t) |x - x0_hat|^2 / ((3 + F) max_n)`` per molecule (EDM's normalisation)."""
         B, batch = mol.num_graphs, mol.batch
-        sc = self._train_self_cond(z_pos, z_h, t, batch, mol.context, generator)
-        x0_pos, x0_h = self.predict_x0(z_pos, z_h, t, batch, mol.context, self_cond=sc)
-        err = scatter_sum(((pos - x0_pos) ** 2).sum(1) + ((h - x0_h) ** 2).sum(1), batch, B)
+        free = None if fixed is None else (~fixed).to(pos.dtype)
+        sc = self._train_self_cond(z_pos, z_h, t, batch, mol.context, generator, fixed=fixed)
+        x0_pos, x0_h = self.predict_x0(z_pos, z_h, t, batch, mol.context, self_cond=sc, fixed=fixed)
+        err = _atom_sum(((pos - x0_pos) ** 2).sum(1) + ((h - x0_h) ** 2).sum(1), batch, B, free)
         weight = self.weighting.x0_weight(torch.exp(-gamma_t))
         denom = (3 + self.feature_dim) * int(torch.bincount(batch, minlength=B).max())
         loss = 0.5 * weight * err / denom
@@ -371,14 +433,18 @@ class EquivariantDiffusion(nn.Module):
 
     def _categorical_loss(
         self, mol: MolBatch, pos: torch.Tensor, eps_pos: torch.Tensor, t: torch.Tensor, gamma_t: torch.Tensor,
-        t_int: torch.Tensor, generator: torch.Generator | None,
+        t_int: torch.Tensor, generator: torch.Generator | None, fixed: torch.Tensor | None = None,
     ) -> LossOutput:
         """Positions as configured (EDM's ``eps`` L2 or the weighted ``x0`` error) + type cross-entropy."""
         B, batch = mol.num_graphs, mol.batch
+        free = None if fixed is None else (~fixed).to(pos.dtype)
         alpha, sigma = self._alpha_sigma_atoms(t, batch, gamma_t)
         z_pos = alpha * pos + sigma * eps_pos
         x0_types = mol.one_hot.to(pos.dtype)
         x_t = self.type_process.q_sample(x0_types, t[batch], generator=generator).to(pos.dtype)
+        if fixed is not None:  # the fragment enters clean (the draws above are made all the same)
+            z_pos = self.place_fixed(z_pos, pos, fixed, batch, B)
+            x_t = torch.where(fixed.unsqueeze(1), x0_types, x_t)
         h_t = x_t / self.norm_values[1]
         bonds_t = pairs = x0_bonds = None
         if self.has_bonds:
@@ -389,23 +455,26 @@ class EquivariantDiffusion(nn.Module):
             classes = pair_classes(pairs, mol.bond_index, mol.bond_type, batch.shape[0])
             x0_bonds = torch.nn.functional.one_hot(classes, self.bond_process.num_classes).to(pos.dtype)
             bonds_t = self.bond_process.q_sample(x0_bonds, t[batch[pairs[0]]], generator=generator).to(pos.dtype)
-        sc = self._train_self_cond(z_pos, h_t, t, batch, mol.context, generator, bonds_t)
-        out = self._net(z_pos, h_t, t, batch, mol.context, sc, bonds_t)
+            if fixed is not None:  # pairs among fixed atoms: their clean class
+                bonds_t = torch.where((fixed[pairs[0]] & fixed[pairs[1]]).unsqueeze(1), x0_bonds, bonds_t)
+        sc = self._train_self_cond(z_pos, h_t, t, batch, mol.context, generator, bonds_t, fixed)
+        out = self._net(z_pos, h_t, t, batch, mol.context, sc, bonds_t, fixed)
         out_pos, logits = out[0], out[1]
         max_n = int(torch.bincount(batch, minlength=B).max())
         if self.weighting.on_eps:
             eps_hat = self.parameterization.to_eps((out_pos, x_t), (z_pos, x_t), alpha, sigma)[0]
-            err = scatter_sum(((eps_pos - eps_hat) ** 2).sum(1), batch, B)
+            err = _atom_sum(((eps_pos - eps_hat) ** 2).sum(1), batch, B, free)
             pos_loss = 0.5 * err / (3 * max_n)
         else:
             x0_hat = self.parameterization.to_x0((out_pos, x_t), (z_pos, x_t), alpha, sigma)[0]
-            err = scatter_sum(((pos - x0_hat) ** 2).sum(1), batch, B)
+            err = _atom_sum(((pos - x0_hat) ** 2).sum(1), batch, B, free)
             pos_loss = 0.5 * self.weighting.x0_weight(torch.exp(-gamma_t)) * err / max_n
-        ce = scatter_sum(self.type_process.loss(logits, x0_types, t[batch]), batch, B)
+        ce = _atom_sum(self.type_process.loss(logits, x0_types, t[batch]), batch, B, free)
         loss = pos_loss + self.type_loss_weight * ce / max_n
         if self.has_bonds:
             pair_mol = batch[pairs[0]]
-            bond_ce = scatter_sum(self.bond_process.loss(out[2], x0_bonds, t[pair_mol]), pair_mol, B)
+            free_pair = None if fixed is None else (~(fixed[pairs[0]] & fixed[pairs[1]])).to(loss.dtype)
+            bond_ce = _atom_sum(self.bond_process.loss(out[2], x0_bonds, t[pair_mol]), pair_mol, B, free_pair)
             n_pairs = torch.bincount(pair_mol, minlength=B).clamp(min=1).to(loss.dtype)
             loss = loss + self.bond_loss_weight * bond_ce / n_pairs
         return LossOutput(loss=loss, error_t=err, kl_prior=torch.zeros_like(loss), t_int=t_int)

@@ -32,7 +32,7 @@ def build_egnn(config: ExperimentConfig, spec: ModelSpec) -> EquivariantDiffusio
         n_layers=m.n_layers, attention=m.attention, tanh=m.tanh, coords_range=m.coords_range,
         norm_constant=m.norm_constant, normalization_factor=m.normalization_factor,
         node_projection=m.node_projection, precision=m.precision, self_condition=m.self_condition,
-        bond_classes=BOND_CLASSES if d.bonds == "categorical" else 0,
+        bond_classes=BOND_CLASSES if d.bonds == "categorical" else 0, fragment_input=m.fragment_input,
     )
     schedule = NoiseSchedule(d.noise_schedule, d.timesteps, d.noise_precision)
     type_process = None

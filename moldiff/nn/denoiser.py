@@ -44,7 +44,8 @@ class EGNNDenoiser(nn.Module):
     """Predicts ``(eps_pos, eps_h)`` from a noisy molecule, the time and an optional context.
 
     The network input per atom is ``[h, t, context]`` (time and the per-molecule context are
-    broadcast to atoms, as in EDM); the time and context channels are sliced off the output.
+    broadcast to atoms, as in EDM; then the optional self-conditioning features and fragment flag);
+    the extra channels are sliced off the output.
     ``eps_pos = pos_out - pos_in`` re-centred per molecule, so it lies in the zero-CoM subspace.
 
     Mixed precision (``precision="bf16"``): the EGNN runs under ``torch.autocast(device_type=<pos's
@@ -72,6 +73,11 @@ class EGNNDenoiser(nn.Module):
             feature of both directed edges of a pair in every layer, and an edge head reads
             ``[h_i + h_j, |x_i - x_j|^2, bonds_ij]`` (final features and positions; symmetric in
             ``i, j`` and E(3)-invariant) into ``[P, K_b]`` clean-bond logits, returned third.
+        fragment_input: also read ``fixed [N]``, 1.0 for atoms held fixed (a fragment given clean,
+            DiffLinker-style) and 0.0 otherwise; ``None`` is read as all zeros (unconditional). The
+            flag is the last node input column (after the self-conditioning features), so a network
+            grown from one without it by zero-padding (:func:`moldiff.checkpoint.grow_state_dict`)
+            computes exactly the source network; it is sliced off the output like ``t``.
 
     Shapes:
         pos ``[N, 3]``, h ``[N, in_node_nf]``, t ``[B]`` or ``[B, 1]``, batch ``[N]``,
@@ -82,7 +88,7 @@ class EGNNDenoiser(nn.Module):
         self, in_node_nf: int, context_nf: int = 0, hidden_nf: int = 256, n_layers: int = 9,
         attention: bool = True, tanh: bool = True, coords_range: float = 15.0, norm_constant: float = 1.0,
         normalization_factor: float = 1.0, node_projection: bool = True, precision: str = "fp32",
-        self_condition: bool = False, bond_classes: int = 0,
+        self_condition: bool = False, bond_classes: int = 0, fragment_input: bool = False,
     ) -> None:
         super().__init__()
         self.in_node_nf = in_node_nf
@@ -90,10 +96,11 @@ class EGNNDenoiser(nn.Module):
         self.precision = precision
         self.self_condition = bool(self_condition)
         self.bond_classes = int(bond_classes)
+        self.fragment_input = bool(fragment_input)
+        in_nf = in_node_nf + 1 + context_nf + (in_node_nf if self_condition else 0) + int(self.fragment_input)
         self.egnn = EGNN(
-            in_node_nf + 1 + context_nf + (in_node_nf if self_condition else 0), hidden_nf, n_layers, attention,
-            tanh, coords_range, norm_constant, normalization_factor, node_projection,
-            extra_edge_nf=(1 if self_condition else 0) + self.bond_classes,
+            in_nf, hidden_nf, n_layers, attention, tanh, coords_range, norm_constant, normalization_factor,
+            node_projection, extra_edge_nf=(1 if self_condition else 0) + self.bond_classes,
         )
         self.bond_head = None
         if self.bond_classes:
@@ -120,9 +127,9 @@ class EGNNDenoiser(nn.Module):
     def forward(
         self, pos: torch.Tensor, h: torch.Tensor, t: torch.Tensor, batch: torch.Tensor,
         context: torch.Tensor | None = None, self_cond: tuple[torch.Tensor, torch.Tensor] | None = None,
-        bonds: torch.Tensor | None = None,
+        bonds: torch.Tensor | None = None, fixed: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, ...]:
-        """Apply the layer; shapes as in the class docstring (with a bond channel, see ``bond_classes``)."""
+        """Apply the layer; shapes as in the class docstring (bonds: ``bond_classes``; fixed: ``fragment_input``)."""
         num_graphs = t.shape[0]
         feats = [h, t.reshape(num_graphs, 1).to(h.dtype)[batch]]
         if self.context_nf:
@@ -139,6 +146,10 @@ class EGNNDenoiser(nn.Module):
                 feats.append(self_cond[1].to(h.dtype))
                 row, col = edge_index
                 edge_extra = ((self_cond[0][row] - self_cond[0][col]) ** 2).sum(1, keepdim=True).to(pos.dtype)
+        if self.fragment_input:  # last column: a grown network reads it with zero weights
+            flag = torch.zeros(h.shape[0], 1, dtype=h.dtype, device=h.device) if fixed is None else \
+                fixed.reshape(h.shape[0], 1).to(h.dtype)
+            feats.append(flag)
         pairs = None
         if self.bond_classes:
             pairs = molecule_pairs(batch)

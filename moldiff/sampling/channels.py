@@ -52,6 +52,8 @@ class DiscreteChannels:
         bonds: ``[P, K_b]`` current one-hot class of every pair (bond channel; set by :meth:`start`).
         pairs: ``[2, P]`` the atom pairs of the bond channel (``molecule_pairs(batch)``), else ``None``.
         self_cond: the previous clean estimate ``(pos, h)`` of a self-conditioned denoiser, else ``None``.
+        fixed: ``[N]`` bool, atoms given clean to a fragment-conditioned denoiser (``fragment_input``;
+            set by inpainting), else ``None`` (every flag 0).
     """
 
     def __init__(self, process: EquivariantDiffusion, batch: torch.Tensor, context: torch.Tensor | None = None,
@@ -72,6 +74,7 @@ class DiscreteChannels:
         self.bonds: torch.Tensor | None = None
         self.pairs = molecule_pairs(batch) if self.has_bonds else None
         self.self_cond: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.fixed: torch.Tensor | None = None
         if net is not None and (self.has_bonds or self.self_conditioning):
             raise ValueError("guidance / eps_fn is not supported yet with a bond channel or self-conditioning")
 
@@ -96,6 +99,8 @@ class DiscreteChannels:
         if self.net is not None:  # an override such as classifier-free guidance: (z_pos, z_h, t) -> output
             return self.net(z_pos, z_h, t)
         kw = {"bonds": self.bonds} if self.has_bonds else {}
+        if self.fixed is not None:
+            kw["fixed"] = self.fixed
         if not self.self_conditioning:
             return proc.denoise(z_pos, z_h, t, self.batch, self.context, **kw)
         eps = proc.denoise(z_pos, z_h, t, self.batch, self.context, self_cond=self.self_cond, **kw)

@@ -1,8 +1,12 @@
 """Generation around fixed atoms (inpainting): fragment growing, scaffold decoration, linkers.
 
-Method (RePaint, Lugmayr et al. 2022; as DiffSBDD / DiffLinker apply it to molecules): the model is
-trained unconditionally, so the fixed atoms are imposed during sampling only. Every molecule's atoms
-are laid out as ``[fixed atoms (m), generated atoms (n - m)]``. At every reverse step ``t -> s``:
+Two modes, chosen by the model: a model trained unconditionally gets RePaint's replacement (below);
+a model trained with the fragment as an input (``model.fragment_input``, see "Fragment-conditioned
+models" below) gets the fragment clean, as it was trained. Every molecule's atoms are laid out as
+``[fixed atoms (m), generated atoms (n - m)]`` in both.
+
+Method for unconditional models (RePaint, Lugmayr et al. 2022; as DiffSBDD applies it to
+molecules): the fixed atoms are imposed during sampling only. At every reverse step ``t -> s``:
 
 1. the whole state takes one ordinary reverse step (``p(z_s | z_t)``, or one solver step);
 2. the fixed atoms are replaced by the fragment noised to level ``s`` with the forward process,
@@ -55,7 +59,22 @@ Measured limitation (``benchmarks/quality/inpainting.py``): with the shipped CPU
 model the completions are less stable than unconstrained samples of the same size; generated atoms
 often stay unattached beside the fragment (lone H atoms, small molecules such as H2O or CH4).
 Resampling helps a little, longer jumps did not; a model trained with the fragment as context
-(DiffLinker) is the known remedy.
+(DiffLinker) is the known remedy, next.
+
+Fragment-conditioned models (DiffLinker, Igashov et al. 2024; ``model.fragment_input: true``, trained
+with ``train.fragment_prob``, see :meth:`~moldiff.diffusion.process.EquivariantDiffusion.loss`): the
+denoiser reads a per-atom flag, 1 for fixed atoms, and was trained on states whose fixed atoms are
+clean. So the fixed atoms enter *every* step clean and flagged: after every reverse (or solver) step
+and at the start, their positions are the fragment in its own centre-of-mass frame translated to the
+centre of mass the step gave the fixed rows (the replacement of step 2 with zero noise, exactly the
+training rule :meth:`~moldiff.diffusion.process.EquivariantDiffusion.place_fixed`; the zero-CoM state
+is kept), their Gaussian features are the clean scaled one-hot (and charge), and with categorical
+types / a bond channel they hold the exact fragment labels and fixed-pair classes (no ``q`` draws;
+``known_noise`` plays no role). The network's outputs on the fixed rows are never used. Resampling
+(default ``R = 1``) still works as RePaint's harmonisation: every atom is re-noised with
+``q(z_t | z_s)``, then the fixed rows are set clean again. Every sampler, categorical types, the
+bond channel and self-conditioning work as above, and the output contract (below) is the same. Plain
+sampling (:class:`~moldiff.sampling.sampler.Sampler`) of such a model passes flag 0 everywhere.
 
 Constraints on which fixed atoms may gain new neighbours, and connectivity of linkers, are enforced
 by rejection: ``accept(output) -> [B] bool`` is evaluated after sampling and rejected molecules are
@@ -282,6 +301,10 @@ def _inpaint_batch(
         return tuple(x.to(device) for x in proc.sample_noise(batch_cpu, B, dtype, gen))  # type: ignore[return-value]
 
     fb, fb_cpu = lay.frag_batch, lay.frag_batch.cpu()
+    # A fragment-conditioned model (``fragment_input``) was trained with the fixed atoms clean and flagged:
+    # they enter every step clean (positions translated to the fixed rows' current centre of mass, exact
+    # types and bonds) and the network reads the flag; no noising of the fragment (``known_noise`` unused).
+    conditioned = proc.fragment_input
     stochastic = method in ("ancestral", "dpm2sde") or resample > 1
     known: dict = {}  # the fragment's noisy state in its own CoM frame: {"k": grid index, "z": (pos, h)}
     # The network call and its side state are the sampler's (:class:`DiscreteChannels`). Categorical atom
@@ -296,6 +319,8 @@ def _inpaint_batch(
     # prod(abar_t + (1 - abar_t) m_k) under q). This is RePaint's rule, applied to both channels alike;
     # the output gets the exact labels at t = 0 anyway.
     channels = DiscreteChannels(proc, batch, context, gen)
+    if conditioned:
+        channels.fixed = lay.fixed
     drawn_for: list = [None]  # categorical: the grid point the last network call drew the channels for
     tp = proc.type_process
     categorical = channels.categorical
@@ -344,7 +369,12 @@ def _inpaint_batch(
         return torch.nn.functional.one_hot(bp.sample_categorical(probs, gen), bp.num_classes).to(dtype)
 
     def advance_known(k_to: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The fragment's noisy state at grid point ``k_to`` (see ``known_noise`` in :func:`inpaint`)."""
+        """The fragment at grid point ``k_to``: noisy (``known_noise`` in :func:`inpaint`), or clean if conditioned."""
+        if conditioned:  # the clean fragment at every level (its CoM frame; the labels exactly)
+            if has_bonds:
+                known["b"] = frag_bond_onehot.to(dtype)
+            known["k"], known["z"] = k_to, (lay.x_F, lay.h_F)
+            return known["z"]
         eps_pos, eps_h = (x.to(device) for x in proc.sample_noise(fb_cpu, B, dtype, gen))
         if known_noise == "fresh" or not known:  # RePaint: an independent draw of q(z_s | x_F)
             z_k = proc.q_sample(lay.x_F, lay.h_F, gam(k_to), fb, eps_pos, eps_h)
@@ -370,21 +400,27 @@ def _inpaint_batch(
         known["k"], known["z"] = k_to, (remove_mean(z_k[0], fb, B), z_h)
         return known["z"]
 
-    def replace(z: tuple[torch.Tensor, ...], k_to: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Fixed atoms <- the noisy fragment at ``k_to``, translated to the CoM the reverse step gave them."""
-        kp, kh = advance_known(k_to)
+    def put_known(z: tuple[torch.Tensor, ...], kp: torch.Tensor, kh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fixed rows <- ``(kp, kh)`` (zero CoM over the fragment) translated to the CoM the state gives them."""
         com_rev = scatter_mean(z[0][fidx], fb, B)
         z_pos = z[0].clone()
         z_pos[fidx] = kp + com_rev[fb]  # kp has zero CoM over the fragment
-        if categorical:  # free atoms / pairs: drawn from the network's logits; fixed: the noisy fragment
-            if drawn_for[0] != k_to:
-                raise RuntimeError(f"inpainting: no types drawn for grid point {k_to} (solver call order)")
+        if categorical:  # free atoms / pairs: drawn from the network's logits; fixed: the (noisy) fragment
             channels.fix(fidx, kh, fixed_pairs if has_bonds else None, known.get("b"))
-            z_h, drawn_for[0] = channels.types, None
+            z_h = channels.types
         else:
             z_h = z[1].clone()
             z_h[fidx] = kh
         return remove_mean(z_pos, batch, B), z_h
+
+    def replace(z: tuple[torch.Tensor, ...], k_to: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fixed atoms <- the noisy fragment at ``k_to`` (clean if conditioned), translated to the CoM the step gave."""
+        kp, kh = advance_known(k_to)
+        if categorical:
+            if drawn_for[0] != k_to:
+                raise RuntimeError(f"inpainting: no types drawn for grid point {k_to} (solver call order)")
+            drawn_for[0] = None
+        return put_known(z, kp, kh)
 
     def renoise(z: tuple[torch.Tensor, torch.Tensor], k: int, k_end: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``z_t ~ q(z_t | z_s)`` from grid point ``k_end`` back to ``k`` (the fragment's state follows)."""
@@ -395,6 +431,8 @@ def _inpaint_batch(
         if categorical:  # the categorical forward transitions q(x_t | x_s) (every type), q(b_t | b_s) (every pair)
             channels.renoise(time_k(k_end), time_k(k))
             z_h = channels.types
+        if conditioned:  # the fragment stays clean and exact through the jump back
+            return put_known((z_pos, z_h), *advance_known(k))
         if has_bonds:
             known["b"] = channels.bonds[fixed_pairs]
         known["k"], known["z"] = k, (remove_mean(z_pos[fidx], fb, B), z_h[fidx])

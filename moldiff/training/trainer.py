@@ -32,6 +32,7 @@ from moldiff.evaluation.stability import stability_fractions
 from moldiff.geometry import noise_aligner, rotate_batch
 from moldiff.sampling.priors import NodeCountDistribution
 from moldiff.sampling.sampler import Sampler
+from moldiff.training.fragments import fragment_mask
 from moldiff.types import DatasetStats, MolBatch
 
 #: ``batches(epoch) -> iterator of MolBatch``; must be deterministic for a given epoch.
@@ -157,6 +158,8 @@ class Trainer:
         self.gen = torch.Generator().manual_seed(self.cfg.seed * 1000 + self.rank)
         self.node_dist = NodeCountDistribution(dict(self.stats.n_atoms_hist))
         self.noise_align = noise_aligner(self.cfg.align_noise)  # None for "none": the loss is unchanged
+        elements = list(self.stats.elements)
+        self._hydrogen = elements.index("H") if "H" in elements else None  # fragment masks: H follow heavy atoms
 
     # ------------------------------------------------------------------ checkpoints
     def _payload(self) -> dict[str, Any]:
@@ -198,14 +201,25 @@ class Trainer:
         A conditional run may start from an unconditional checkpoint with the same ``model`` and
         ``diffusion`` sections: the context's new input columns (and unused output rows) start at
         zero (:func:`~moldiff.checkpoint.grow_state_dict`), so training begins from exactly the
-        unconditional network and learns to use the context. Returns the names of grown tensors.
+        unconditional network and learns to use the context. Likewise a ``model.fragment_input``
+        run may start from a checkpoint without the flag (otherwise the same ``model`` and
+        ``diffusion``, the same conditioning): the flag's input column starts at zero. (A fragment
+        model cannot grow a context: the context columns come before the flag.) Returns the
+        names of grown tensors.
         """
         payload = load_checkpoint(path, map_location=self.device)
         src_cfg = payload.get("config") or {}
         src_cond = tuple((payload.get("stats") or {}).get("conditioning") or ())
         mine = self.config.to_dict()
-        growable = (src_cfg.get("model") == mine["model"] and src_cfg.get("diffusion") == mine["diffusion"]
-                    and not src_cond and self.stats.conditioning)
+        defaults = ExperimentConfig().to_dict()  # keys added since the source was written get their defaults
+        src_model = {**defaults["model"], **(src_cfg.get("model") or {})}
+        src_diffusion = {**defaults["diffusion"], **(src_cfg.get("diffusion") or {})}
+        src_flag, my_flag = bool(src_model.pop("fragment_input")), bool(mine["model"]["fragment_input"])
+        my_model = {k: v for k, v in mine["model"].items() if k != "fragment_input"}
+        cond_grows = not src_cond and bool(self.stats.conditioning) and not src_flag
+        flag_grows = my_flag and not src_flag and src_cond == tuple(self.stats.conditioning)
+        growable = (src_model == my_model and src_diffusion == mine["diffusion"] and src_flag <= my_flag
+                    and (cond_grows or flag_grows))
         if not growable:
             load_state(self.process, payload["model"], path)
             load_state(self.ema, payload["ema"], path, what="EMA weights")
@@ -218,9 +232,20 @@ class Trainer:
         load_state(self.process, model, path)
         load_state(self.ema, ema, path, what="EMA weights")
         if self.rank == 0 and grown:
-            print(f"init: unconditional {path} -> conditioning {list(self.stats.conditioning)} "
-                  f"(zero-initialised context weights in {', '.join(grown)})", file=sys.stderr)
+            what = [f"conditioning {list(self.stats.conditioning)}"] if cond_grows else []
+            what += ["the fixed-atom (fragment) input"] if flag_grows else []
+            print(f"init: {path} -> {' and '.join(what)} (zero-initialised new weights in {', '.join(grown)})",
+                  file=sys.stderr)
         return grown
+
+    def _fragment_mask(self, mb: MolBatch) -> torch.Tensor | None:
+        """Fragment training: ``[N]`` bool, the atoms held fixed (``None`` when ``fragment_prob`` is 0: no draw)."""
+        if self.cfg.fragment_prob <= 0:
+            return None
+        types = mb.one_hot.argmax(1)
+        heavy = types != self._hydrogen if self._hydrogen is not None else torch.ones_like(types, dtype=torch.bool)
+        return fragment_mask(mb.pos, heavy, mb.batch, mb.num_graphs, self.cfg.fragment_prob, self.cfg.fragment_free,
+                             self.gen, bond_index=mb.bond_index)
 
     def _context(self, mb: MolBatch, train: bool) -> MolBatch:
         """Guidance training: ``[B, C]`` -> ``[c · keep, keep]``, nulled w.p. ``context_dropout`` when training."""
@@ -295,10 +320,13 @@ class Trainer:
             for i, mb in enumerate(self.train_batches(st.epoch)):
                 if i < st.batch_in_epoch or i % self.world != self.rank:
                     continue
+                fixed = self._fragment_mask(mb)  # on the loader's (CPU) batch: no device sync
                 mb = self._context(mb.to(self.device), train=True)
                 if cfg.augment_rotations:  # EDM's data augmentation: a random rotation of every molecule
                     mb = replace(mb, pos=rotate_batch(mb.pos, mb.batch, self.gen))
-                out = self.train_process.loss(mb, generator=self.gen, noise_align=self.noise_align)
+                if fixed is not None:
+                    fixed = fixed.to(self.device)
+                out = self.train_process.loss(mb, generator=self.gen, noise_align=self.noise_align, fixed=fixed)
                 loss = out.loss.mean()
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
