@@ -1,4 +1,4 @@
-"""Command line: ``moldiff {data,train,sample,evaluate,relax}``.
+"""Command line: ``moldiff {data,train,sample,evaluate,relax,models}``.
 
 Thin layer: parse arguments, load configs, call the library. Any ``ValueError``/``FileNotFoundError``
 raised for bad input becomes a one-line ``moldiff: error: ...`` message and exit code 2.
@@ -797,6 +797,39 @@ def _run_relax(args: argparse.Namespace) -> int:
     return 0
 
 
+# ============================================================================ models
+def _add_models_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="list the shipped models and what each can do, or describe one checkpoint")
+    p.add_argument("model", nargs="?", default=None, metavar="NAME_OR_PATH",
+                   help="a shipped model name or a checkpoint path (e.g. runs/tiny/last.pt): print its details "
+                        "(default: one table of all shipped models)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def _run_models(args: argparse.Namespace) -> int:
+    import json
+
+    from moldiff.model_card import describe_model, describe_shipped, format_details, format_table
+    from moldiff.pipeline import shipped_models
+
+    try:
+        data = describe_model(args.model) if args.model is not None else describe_shipped()
+    except ValueError as exc:  # unknown name, missing / corrupt / hostile / foreign file (nothing in it ran)
+        text = _one_line(exc)
+        if "shipped models:" not in text:
+            text += f"; shipped models: {', '.join(shipped_models())} (or give a .pt path)"
+        raise CLIError(text) from None
+    if args.json:
+        text = json.dumps(data if args.model is not None else {"models": data}, indent=2)
+    else:
+        text = format_details(data) if args.model is not None else format_table(data)
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:  # `moldiff models | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python exits
+    return 0
+
+
 # ============================================================================ entry
 def _parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = _Parser(prog="moldiff", description=DESCRIPTION, epilog=EXAMPLES["moldiff"], formatter_class=_Formatter)
@@ -809,6 +842,7 @@ def _parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     _add_sample_parser(sub)
     _add_evaluate_parser(sub)
     _add_relax_parser(sub)
+    _add_models_parser(sub)
     _add_examples(parser, "moldiff")
     return parser.parse_args(argv)
 
@@ -819,6 +853,7 @@ DESCRIPTION = ("Generate 3D molecules with an E(3)-equivariant diffusion model (
 #: ``--help`` examples per command (``moldiff <command> [<subcommand>]``).
 EXAMPLES: dict[str, str] = {
     "moldiff": """quickstart:
+  moldiff models                                         # the shipped models and what each can do
   moldiff sample --num 10 --out samples.sdf              # shipped QM9 model (seconds on a CPU)
   moldiff evaluate samples.sdf                           # EDM stability / validity / uniqueness
   moldiff train --config benchmarks/configs/tiny.yaml --out runs/tiny
@@ -853,6 +888,11 @@ read the SDF with RDKit: Chem.SDMolSupplier("samples.sdf", sanitize=False) (some
     "moldiff evaluate": """examples:
   moldiff evaluate samples.sdf
   moldiff evaluate samples.sdf --reference qm9 --checks all --json summary.json --csv molecules.csv""",
+    "moldiff models": """examples:
+  moldiff models                        # one table: dataset, elements, hydrogens, bonds, conditioning, sampler ...
+  moldiff models drugs                  # everything about one model: config, training, provenance, parameters
+  moldiff models runs/tiny/last.pt      # any checkpoint, training checkpoints included
+  moldiff models --json                 # machine-readable (also with a name or path)""",
     "moldiff relax": """example:
   moldiff relax samples.sdf --out relaxed.sdf --method mmff""",
 }
@@ -872,7 +912,7 @@ def _add_examples(parser: argparse.ArgumentParser, name: str) -> None:
 
 
 _RUNNERS = {"data": "_run_data", "train": "_run_train", "sample": "_run_sample", "evaluate": "_run_evaluate",
-            "relax": "_run_relax"}
+            "relax": "_run_relax", "models": "_run_models"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -382,7 +382,7 @@ def test_write_stats_keeps_date_when_content_unchanged(tmp_path):
 
 # ============================================================================ help, packaging, README
 COMMANDS = [["data"], ["data", "prepare"], ["data", "import"], ["data", "build"], ["data", "merge"], ["train"],
-            ["sample"], ["evaluate"], ["relax"]]
+            ["sample"], ["evaluate"], ["relax"], ["models"]]
 
 
 def _command_tree(parser, prefix=()):

@@ -55,6 +55,7 @@ ALLOWED: dict[str, frozenset[str] | str] = {
     "conditioning": frozenset({"sampling", "config", "constants", "types", "geometry"}),
     "relax": frozenset({"constants", "io"}),  # molecules in, molecules out (RDKit / tblite); no models
     "fragments": frozenset({"constants", "io", "sampling", "evaluation", "pipeline"}),  # inpainting inputs
+    "model_card": frozenset({"checkpoint", "pipeline"}),  # what a checkpoint can do (moldiff models)
     "pipeline": ANY,
     "cli": ANY,
     "__init__": ANY,
