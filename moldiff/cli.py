@@ -57,6 +57,17 @@ def _seed(text: str) -> int:
     return v
 
 
+def _time_range(text: str) -> tuple[float, float]:
+    """``LO,HI`` -> two normalised times (checked further by ``SamplingConfig``)."""
+    parts = text.split(",")
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"expected LO,HI (two times in [0, 1]), got {text[:40]!r}")
+    lo, hi = (_finite_float(p.strip()) for p in parts)
+    if not 0.0 <= lo <= hi <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected 0 <= LO <= HI <= 1, got {text[:40]!r}")
+    return lo, hi
+
+
 def _finite_float(text: str) -> float:
     try:
         v = float(text)
@@ -277,6 +288,14 @@ def _add_sample_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--spacing", choices=("uniform", "quadratic", "logsnr"), default=None,
                    help="where the steps lie in time: uniform, quadratic (dense at low noise) or logsnr "
                         "(default: the model's recommendation, else uniform)")
+    p.add_argument("--churn", type=_finite_float, default=0.0,
+                   help="noise injection before every step (Karras' S_churn / N; VEDA uses 0.4), 0 to sqrt(2)-1: "
+                        "lift the state to a (1 + churn) times larger noise level, then step (0: none)")
+    p.add_argument("--churn-range", type=_time_range, default=None, metavar="LO,HI",
+                   help="--churn only for steps starting at normalised times t/T in [LO, HI] (default: every step)")
+    p.add_argument("--final", choices=("sample", "mean"), default="sample",
+                   help="last step: sample p(x | z_0) at t = 0, or mean: the network's clean estimate at the last "
+                        "grid point, without noise")
     p.add_argument("--batch-size", type=_positive_int, default=None, help="at most this many molecules per batch")
     p.add_argument("--batch-atoms", type=_positive_int, default=None,
                    help="atom budget per batch (default: automatic, from free GPU memory on CUDA)")
@@ -386,7 +405,8 @@ def _sample_to_file(args: argparse.Namespace, model: MolDiff, fmt: str, target: 
     method, steps = args.sampler or method, args.steps or steps
     config = SamplingConfig(method=method, steps=steps, eta=args.eta, seed=args.seed, batch_size=args.batch_size,
                             max_atoms_per_batch=args.batch_atoms,
-                            spacing=args.spacing or model.default_spacing)  # validated once, here
+                            spacing=args.spacing or model.default_spacing, churn=args.churn,
+                            churn_range=args.churn_range, final=args.final)  # validated once, here
     molecules: list = []
     with warnings.catch_warnings(record=True) as caught:  # e.g. a target outside the training range
         warnings.simplefilter("always", UserWarning)
@@ -401,6 +421,8 @@ def _sample_to_file(args: argparse.Namespace, model: MolDiff, fmt: str, target: 
                 pass
             return 0
         spacing = "" if config.spacing == "uniform" else f" ({config.spacing} spacing)"
+        spacing += f", churn {config.churn:g}" if config.churn else ""
+        spacing += ", final mean" if config.final == "mean" else ""
         print(f"sampling {args.num} molecules: {method}, {steps or model.process.timesteps} steps{spacing}, {device}"
               + (f", {shard.world_size} processes" if shard.world_size > 1 else ""), file=sys.stderr)
         relaxed: list = []  # (symbols, pos) after --relax, and the RelaxResults
@@ -469,6 +491,8 @@ def _sample_inpaint(args: argparse.Namespace, model: MolDiff, fmt: str, device: 
         raise CLIError("--fix does not combine with --target/--guidance yet")
     if args.eta:
         raise CLIError("--fix does not take --eta")
+    if args.churn or args.churn_range or args.final != "sample":
+        raise CLIError("--fix does not take --churn/--churn-range/--final yet")
     plan = plan_inpainting(model, args.fix, args.num, num_atoms=args.num_atoms, steps=args.steps, seed=args.seed,
                            method=args.sampler, grow=args.grow)  # fragments and arguments checked here
     mode = "model trained for fixed atoms" if model.process.fragment_input else "RePaint replacement"

@@ -7,15 +7,20 @@ steps, the method and ``eta`` travel as one checked object instead of loose keyw
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from moldiff.constants import MAX_SEED
+from moldiff.sampling.churn import MAX_CHURN
 from moldiff.sampling.solvers import SOLVERS
 
-__all__ = ["MAX_SEED", "SPACINGS", "SamplingConfig"]
+__all__ = ["FINALS", "MAX_CHURN", "MAX_SEED", "SPACINGS", "SamplingConfig"]
 
 #: Step spacings (the same names as ``moldiff.sampling.sampler.SPACINGS``; a test checks).
 SPACINGS: tuple[str, ...] = ("uniform", "quadratic", "logsnr")
+
+#: How the last step ends (``SamplingConfig.final``, ``moldiff sample --final``).
+FINALS: tuple[str, ...] = ("sample", "mean")
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,22 @@ class SamplingConfig:
         max_edges_per_batch: edge budget per batch (``None``: automatic with an automatic atom budget, else none).
         spacing: where the steps lie in time: ``uniform`` (default), ``quadratic`` or ``logsnr``
             (:func:`~moldiff.sampling.sampler.timestep_grid`).
+        churn: noise injection before every step (Karras et al. 2022, S_churn; VEDA's annealing), in
+            ``[0, sqrt(2) - 1]``: the state at ``t`` is lifted by fresh noise to the level whose VE
+            noise ``sigma / alpha`` is ``(1 + churn)`` times larger (``gamma`` raised by ``2 log(1 +
+            churn)``, rounded to an integer timestep ``t_hat``), then the solver steps from ``t_hat``
+            to the next grid point; categorical atom types and bonds are re-noised from ``t`` to
+            ``t_hat`` by their forward transition. This is Karras' ``min(S_churn / N, sqrt(2) - 1)``
+            (VEDA: 0.4). ``0`` (default): no injection, bit for bit the sampler without it
+            (:mod:`~moldiff.sampling.churn`).
+        churn_range: ``(lo, hi)`` normalised times ``t / T`` of the steps that get the injection
+            (inclusive; Karras' S_tmin / S_tmax, given in time here); ``None``: every step. Needs ``churn > 0``.
+        final: how the run ends: ``sample`` (default) steps to ``t = 0`` and draws ``p(x, h | z_0)``
+            (positions ``x_hat_0`` plus noise of std ``sigma_0 / alpha_0``, types from ``z_0``);
+            ``mean`` replaces the last step (last grid point ``t_1 > 0`` to 0) by the network's clean
+            estimate at ``t_1``, without noise: positions ``x0_hat``, types and bonds the argmax of
+            the clean logits (Gaussian types: of ``x0_hat``'s one-hot), as Karras' last Euler step
+            to ``sigma = 0`` and DPM-Solver's ``denoise_to_zero``. One network call fewer.
 
     >>> SamplingConfig("ddim", steps=50, eta=0.5).num_steps(1000)
     50
@@ -50,10 +71,28 @@ class SamplingConfig:
     max_atoms_per_batch: int | None = None
     max_edges_per_batch: int | None = None
     spacing: str = "uniform"
+    churn: float = 0.0
+    churn_range: tuple[float, float] | None = None
+    final: str = "sample"
 
     def __post_init__(self) -> None:
         if self.spacing not in SPACINGS:
             raise ValueError(f"unknown step spacing {self.spacing!r}; allowed: {list(SPACINGS)}")
+        if self.final not in FINALS:
+            raise ValueError(f"unknown final step {self.final!r}; allowed: {list(FINALS)}")
+        churn = float(self.churn)
+        if not (math.isfinite(churn) and 0.0 <= churn <= MAX_CHURN):
+            raise ValueError(f"churn must be between 0 and sqrt(2) - 1 = {MAX_CHURN:.4f}, got {self.churn}")
+        if self.churn_range is not None:
+            try:
+                lo_hi = tuple(float(v) for v in self.churn_range)
+            except (TypeError, ValueError):
+                lo_hi = ()
+            if len(lo_hi) != 2 or not all(math.isfinite(v) for v in lo_hi) or not 0.0 <= lo_hi[0] <= lo_hi[1] <= 1.0:
+                raise ValueError(f"churn_range must be two times 0 <= lo <= hi <= 1, got {self.churn_range}")
+            if churn == 0.0:
+                raise ValueError("churn_range needs churn > 0")
+            object.__setattr__(self, "churn_range", lo_hi)
         if self.method not in SOLVERS:
             raise ValueError(f"unknown sampler {self.method!r}; allowed: {list(SOLVERS)}")
         if self.steps is not None and int(self.steps) < 1:

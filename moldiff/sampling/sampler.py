@@ -8,6 +8,8 @@ exact step), the deterministic DDIM, the second-order DPM-Solver++(2M) and its s
 SDE-DPM-Solver++(2M), meant for fewer steps. Every sampler is reproducible from a seed. The network
 call and what it reads and drives beside the positions (categorical atom types, the bond channel, the
 self-conditioning estimate) is :class:`~moldiff.sampling.channels.DiscreteChannels`, shared with inpainting.
+Two sampler-side options apply to every solver: noise injection before each step (``churn``,
+:mod:`moldiff.sampling.churn`) and the last step as the network's clean estimate (``final="mean"``).
 
 :class:`Sampler` draws one batch; how to sample (method, steps, eta, seed, budgets) is one frozen
 :class:`~moldiff.sampling.config.SamplingConfig`. Large runs go through
@@ -32,6 +34,7 @@ from moldiff.sampling.batching import (  # noqa: F401  (re-exported: inpainting,
     plan_batches,
 )
 from moldiff.sampling.channels import DiscreteChannels
+from moldiff.sampling.churn import Churn, raised_grid
 from moldiff.sampling.config import SamplingConfig
 from moldiff.sampling.output import EpsFn, SampleOutput, concat_outputs  # noqa: F401  (re-exported)
 from moldiff.sampling.solvers import SOLVERS, grid_gammas, solve
@@ -83,6 +86,39 @@ def timestep_grid(timesteps: int, steps: int, spacing: str = "uniform",
     return grid
 
 
+def _clean_estimate(
+    channels: DiscreteChannels, z_pos: torch.Tensor, z_h: torch.Tensor, t: torch.Tensor, eps_fn: EpsFn | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``final="mean"``: the network's clean estimate at ``t [B]``, no noise (the channels get its argmax).
+
+    Returns:
+        ``x0_pos [N, 3]`` (normalised, zero-CoM), ``x0_h [N, F]``, ``types [N]`` (argmax of the clean
+        type logits, or of ``x0_h``'s one-hot for Gaussian types) and ``charges [N]`` (the rounded
+        charge channel of ``x0_h``; zeros without one). With a bond channel the current bond classes
+        become the argmax of the clean-bond logits.
+    """
+    proc, batch = channels.process, channels.batch
+    num_graphs = int(batch.max()) + 1
+    h_in = channels.types if channels.categorical else z_h
+    if eps_fn is not None and not channels.categorical:
+        out = eps_fn(z_pos, z_h, t)
+    else:  # the channels' network call (guidance included for categorical types; self-conditioning updated)
+        out = channels.denoise(z_pos, h_in, t)
+    x0_pos, x0_h = proc.x0_from_eps(z_pos, h_in, out, t, batch)  # categorical: x0_h = softmax(logits) / norm
+    x0_pos = remove_mean(x0_pos, batch, num_graphs)
+    K = proc.num_classes
+    types = x0_h[:, :K].argmax(1)
+    if channels.categorical:
+        channels.types = torch.nn.functional.one_hot(types, K).to(x0_h.dtype) / channels.norm_h
+    if channels.has_bonds:
+        channels.bonds = torch.nn.functional.one_hot(out[2].argmax(1), proc.bond_process.num_classes).to(x0_h.dtype)
+    if proc.include_charges:
+        charges = torch.round(x0_h[:, K] * proc.norm_values[2]).long()
+    else:
+        charges = torch.zeros_like(types)
+    return x0_pos, x0_h, types, charges
+
+
 def _config(config: SamplingConfig | None, method: str, steps: int | None, eta: float) -> SamplingConfig:
     """``config``, or one built from the loose ``method`` / ``steps`` / ``eta`` (not both)."""
     if config is None:
@@ -126,10 +162,12 @@ class Sampler:
             z_T: optional initial state ``(pos [N, 3] zero-CoM, h [N, F])``; drawn from the seed
                 when ``None``. With ``ddim`` (``eta = 0``) and ``dpm2`` the trajectory is then a
                 deterministic function of ``z_T``; only the final ``p(x | z_0)`` draw (std
-                ``sigma_0 / alpha_0``, about 0.003) uses the seed.
+                ``sigma_0 / alpha_0``, about 0.003) uses the seed (none with ``final="mean"``;
+                ``churn > 0`` draws fresh noise before the steps).
             on_step: called after every denoising step (e.g. to advance an outer progress bar).
             config: method, steps and eta as one :class:`SamplingConfig` (instead of the three
-                arguments; its ``seed`` and budgets are the batching layer's, ``seed`` here is this batch's).
+                arguments), with its step spacing, noise injection (``churn``, ``churn_range``) and
+                last step (``final``); its ``seed`` and budgets are the batching layer's, ``seed`` here is this batch's.
 
         Returns:
             :class:`SampleOutput`.
@@ -175,11 +213,17 @@ class Sampler:
         if categorical:
             z_h = channels.types
 
+        # churn: step k starts from the lifted timestep start[k] >= grid[k] (equal without churn)
+        start = raised_grid(grid, proc.schedule.gamma_table, cfg.churn, cfg.churn_range)
+
         def time_at(k: int) -> torch.Tensor:
             return torch.full((B,), int(grid[k]) / T, dtype=dtype, device=device)
 
+        def start_at(k: int) -> torch.Tensor:
+            return torch.full((B,), int(start[k]) / T, dtype=dtype, device=device)
+
         def eps_k(z: tuple[torch.Tensor, ...], k: int) -> tuple[torch.Tensor, torch.Tensor]:
-            return net_at(z[0], z[1], time_at(k), time_at(k + 1))
+            return net_at(z[0], z[1], start_at(k), time_at(k + 1))
 
         def noise_k(k: int) -> tuple[torch.Tensor, ...]:
             return tuple(x.to(device) for x in proc.sample_noise(batch.cpu(), B, dtype, gen))
@@ -187,9 +231,15 @@ class Sampler:
         def ancestral_step(k: int, z: tuple[torch.Tensor, ...], eps: tuple[torch.Tensor, ...],
                            noise: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
             """The process's own ``p(z_s | z_t)`` (it re-centres the positions)."""
-            zp, zh = proc.p_zs_given_zt(z[0], z[1], time_at(k), time_at(k + 1), batch, B, context, noise=noise,
+            zp, zh = proc.p_zs_given_zt(z[0], z[1], start_at(k), time_at(k + 1), batch, B, context, noise=noise,
                                         eps=eps)
             return zp, channels.types if categorical else zh
+
+        gammas = grid_gammas(proc.schedule, grid)
+        churn = None
+        if cfg.churn > 0:  # the discrete channels jump forward with the positions: x_that ~ q(x_that | x_t)
+            churn = Churn(grid_gammas(proc.schedule, start), noise_k,
+                          on_raise=lambda k: channels.renoise(int(grid[k]) / T, int(start[k]) / T))
 
         chain = [] if keep_chain else None
         keep_at = set(torch.linspace(0, n_steps - 1, keep_chain).round().long().tolist() if keep_chain else [])
@@ -203,17 +253,29 @@ class Sampler:
                 zh = channels.types if categorical else z[1]
                 chain.append((z[0].cpu().clone(), zh[:, : proc.num_classes].argmax(1).cpu()))
 
+        def project(z: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+            return remove_mean(z[0], batch, B), z[1]
+
+        mean = cfg.final == "mean"  # the last step is the network's clean estimate at grid point S - 1
         z_pos, z_h = solve(
-            cfg.method, (z_pos, z_h), eps_k, grid_gammas(proc.schedule, grid), eta=cfg.eta, noise_fn=noise_k,
-            project=lambda z: (remove_mean(z[0], batch, B), z[1]), callback=after_step, step_fn=ancestral_step,
+            cfg.method, (z_pos, z_h), eps_k, gammas, eta=cfg.eta, noise_fn=noise_k, project=project,
+            callback=after_step, step_fn=ancestral_step, churn=churn, num_steps=n_steps - 1 if mean else None,
         )
+        if mean:
+            k = n_steps - 1
+            if churn is not None:
+                z_pos, z_h = churn.apply(k, (z_pos, z_h), gammas, project)
+            x0_pos, x0_h, types, charges = _clean_estimate(channels, z_pos, z_h, start_at(k), eps_fn)
+            after_step(k, (x0_pos, x0_h))
+            pos = x0_pos * proc.norm_values[0]
+        else:
+            if categorical:
+                z_h = channels.types
+            t0 = torch.zeros(B, dtype=dtype, device=device)
+            pos, types, charges = proc.sample_p_xh_given_z0(
+                z_pos, z_h, batch, B, context, generator=gen, eps=net_at(z_pos, z_h, t0)
+            )
         bar.close()
-        if categorical:
-            z_h = channels.types
-        t0 = torch.zeros(B, dtype=dtype, device=device)
-        pos, types, charges = proc.sample_p_xh_given_z0(
-            z_pos, z_h, batch, B, context, generator=gen, eps=net_at(z_pos, z_h, t0)
-        )
         return SampleOutput(pos=pos, types=types, charges=charges, batch=batch, num_graphs=B, chain=chain,
                             **channels.bond_output())  # the bonds drawn at t = 0
 
