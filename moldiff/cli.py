@@ -288,14 +288,16 @@ def _add_sample_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--spacing", choices=("uniform", "quadratic", "logsnr"), default=None,
                    help="where the steps lie in time: uniform, quadratic (dense at low noise) or logsnr "
                         "(default: the model's recommendation, else uniform)")
-    p.add_argument("--churn", type=_finite_float, default=0.0,
+    p.add_argument("--churn", type=_finite_float, default=None,
                    help="noise injection before every step (Karras' S_churn / N; VEDA uses 0.4), 0 to sqrt(2)-1: "
-                        "lift the state to a (1 + churn) times larger noise level, then step (0: none)")
+                        "lift the state to a (1 + churn) times larger noise level, then step (0: none; default: "
+                        "the model's recommendation, else 0)")
     p.add_argument("--churn-range", type=_time_range, default=None, metavar="LO,HI",
-                   help="--churn only for steps starting at normalised times t/T in [LO, HI] (default: every step)")
-    p.add_argument("--final", choices=("sample", "mean"), default="sample",
+                   help="--churn only for steps starting at normalised times t/T in [LO, HI] (default: the "
+                        "model's recommendation, else every step)")
+    p.add_argument("--final", choices=("sample", "mean"), default=None,
                    help="last step: sample p(x | z_0) at t = 0, or mean: the network's clean estimate at the last "
-                        "grid point, without noise")
+                        "grid point, without noise (default: the model's recommendation, else sample)")
     p.add_argument("--batch-size", type=_positive_int, default=None, help="at most this many molecules per batch")
     p.add_argument("--batch-atoms", type=_positive_int, default=None,
                    help="atom budget per batch (default: automatic, from free GPU memory on CUDA)")
@@ -403,10 +405,15 @@ def _sample_to_file(args: argparse.Namespace, model: MolDiff, fmt: str, target: 
 
     method, steps = model.default_sampling  # each overridden by its flag
     method, steps = args.sampler or method, args.steps or steps
+    churn, churn_range, final = model.default_noise
+    if args.churn is not None:  # --churn replaces the recommendation (and its window)
+        churn, churn_range = args.churn, args.churn_range
+    elif args.churn_range is not None:
+        churn_range = args.churn_range
     config = SamplingConfig(method=method, steps=steps, eta=args.eta, seed=args.seed, batch_size=args.batch_size,
                             max_atoms_per_batch=args.batch_atoms,
-                            spacing=args.spacing or model.default_spacing, churn=args.churn,
-                            churn_range=args.churn_range, final=args.final)  # validated once, here
+                            spacing=args.spacing or model.default_spacing, churn=churn,
+                            churn_range=churn_range, final=args.final or final)  # validated once, here
     molecules: list = []
     with warnings.catch_warnings(record=True) as caught:  # e.g. a target outside the training range
         warnings.simplefilter("always", UserWarning)
@@ -491,7 +498,8 @@ def _sample_inpaint(args: argparse.Namespace, model: MolDiff, fmt: str, device: 
         raise CLIError("--fix does not combine with --target/--guidance yet")
     if args.eta:
         raise CLIError("--fix does not take --eta")
-    if args.churn or args.churn_range or args.final != "sample":
+    if args.churn or args.churn_range is not None or args.final not in (None, "sample"):  # (a model's
+        # recommended churn / final are not used here: inpainting runs its own reverse loop)
         raise CLIError("--fix does not take --churn/--churn-range/--final yet")
     plan = plan_inpainting(model, args.fix, args.num, num_atoms=args.num_atoms, steps=args.steps, seed=args.seed,
                            method=args.sampler, grow=args.grow)  # fragments and arguments checked here

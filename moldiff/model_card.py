@@ -74,6 +74,8 @@ def describe_model(name_or_path: str | Path, full: bool = True) -> dict[str, Any
         "fragment_input": bool(model.process.fragment_input),
         "fixed_atoms": FIX_FRAGMENT if model.process.fragment_input else FIX_REPAINT,
         "sampling": {"method": method, "steps": steps or model.process.timesteps, "spacing": model.default_spacing,
+                     "churn": model.default_noise[0], "churn_range": model.default_noise[1],
+                     "final": model.default_noise[2],
                      "recorded": bool(info.get("sampling"))},
         "timesteps": model.process.timesteps,
         "molecule_passes": _first_number(info, _PASSES_KEYS),
@@ -156,6 +158,11 @@ def _minutes(m: float | None) -> str:
 def _sampler(s: dict[str, Any], short: bool = True) -> str:
     spacing = {"uniform": "", "quadratic": " quad" if short else ", quadratic spacing",
                "logsnr": " logsnr" if short else ", logsnr spacing"}[s["spacing"]]
+    if s.get("churn"):
+        spacing += f" c{s['churn']:g}" if short else f", noise injection (churn) {s['churn']:g}" + (
+            " for t/T in [{:g}, {:g}]".format(*s["churn_range"]) if s.get("churn_range") else "")
+    if s.get("final") == "mean":
+        spacing += " mean" if short else ", last step: the clean estimate"
     return f"{s['method']} {s['steps']}{spacing}" if short else f"{s['method']}, {s['steps']} steps{spacing}"
 
 

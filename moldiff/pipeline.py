@@ -97,6 +97,23 @@ class MolDiff:
         spacing = (self.info.get("sampling") or {}).get("spacing", "uniform")
         return spacing if spacing in SPACINGS else "uniform"
 
+    @property
+    def default_noise(self) -> tuple[float, tuple[float, float] | None, str]:
+        """``(churn, churn_range, final)`` recommended for this model (``info["sampling"]``).
+
+        ``(0.0, None, "sample")`` (no noise injection, EDM's last step) when the checkpoint records
+        none or an invalid combination.
+        """
+        from moldiff.sampling.config import SamplingConfig
+
+        rec = self.info.get("sampling") or {}
+        churn, churn_range, final = rec.get("churn", 0.0), rec.get("churn_range"), rec.get("final", "sample")
+        try:
+            cfg = SamplingConfig(churn=churn, churn_range=churn_range, final=final)
+        except (TypeError, ValueError):
+            return 0.0, None, "sample"
+        return cfg.churn, cfg.churn_range, cfg.final
+
     def to(self, device: str | torch.device) -> MolDiff:
         """Move the model to ``device``."""
         self.process.to(device)

@@ -137,7 +137,7 @@ def test_cli_flags(tmp_path, tiny_run, monkeypatch):
                             "--final", "mean"])
     assert (args.churn, args.churn_range, args.final) == (0.3, (0.02, 0.8), "mean")
     defaults = cli._parse_args(["sample", "--out", "x.sdf"])
-    assert (defaults.churn, defaults.churn_range, defaults.final) == (0.0, None, "sample")
+    assert (defaults.churn, defaults.churn_range, defaults.final) == (None, None, None)  # the model's recommendation
     for bad in (["--churn", "abc"], ["--churn-range", "0.5"], ["--churn-range", "0.8,0.2"], ["--final", "argmax"]):
         with pytest.raises(SystemExit) as exc:
             cli._parse_args(["sample", "--out", "x.sdf", *bad])
@@ -149,6 +149,36 @@ def test_cli_flags(tmp_path, tiny_run, monkeypatch):
     assert out.is_file()
     assert cli.main(["sample", "--model", model, "--num", "2", "--churn", "0.9", "--out", str(out)]) == 2
     assert cli.main(["sample", "--model", model, "--num", "2", "--churn-range", "0,1", "--out", str(out)]) == 2
+
+
+def test_a_model_recommends_churn_and_final_and_the_flags_override_it(tmp_path, tiny_run):
+    """``info["sampling"]`` may recommend churn / window / final; ``moldiff sample`` uses them unless
+    a flag says otherwise (``--churn 0`` turns the injection off), and the header names them."""
+    from moldiff import cli
+    from moldiff.checkpoint import load_checkpoint, save_checkpoint
+    from moldiff.pipeline import from_checkpoint
+
+    payload = load_checkpoint(tiny_run / "last.pt")
+    payload["info"] = {"sampling": {"method": "ddim", "steps": 4, "churn": 0.3, "churn_range": [0.1, 0.9],
+                                    "final": "mean"}}
+    rec = tmp_path / "rec.pt"
+    save_checkpoint(rec, payload)
+    assert from_checkpoint(rec).default_noise == (0.3, (0.1, 0.9), "mean")
+    bad = dict(payload, info={"sampling": {"churn": 5.0}})  # an invalid record falls back to none
+    save_checkpoint(tmp_path / "bad.pt", bad)
+    assert from_checkpoint(tmp_path / "bad.pt").default_noise == (0.0, None, "sample")
+    assert from_checkpoint(tiny_run / "last.pt").default_noise == (0.0, None, "sample")
+
+    def run(*flags):
+        out = tmp_path / "r.xyz"
+        assert cli.main(["sample", "--model", str(rec), "--num", "2", "--out", str(out), "--no-evaluate",
+                         *flags]) == 0
+        return out.read_text()
+
+    recommended = run()
+    assert recommended == run("--churn", "0.3", "--churn-range", "0.1,0.9", "--final", "mean")
+    plain = run("--churn", "0", "--final", "sample")
+    assert plain != recommended
 
 
 # ---------------------------------------------------------------------------------------------- the sampler
