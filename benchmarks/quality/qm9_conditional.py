@@ -152,8 +152,12 @@ def run_property(prop: str, arrays, args: argparse.Namespace, work: Path) -> dic
     t_s = time.perf_counter()
     method = args.method or model.default_sampling[0]
     spacing = args.spacing or model.default_spacing
+    churn, churn_range, _ = model.default_noise
+    if args.churn is not None:
+        churn, churn_range = args.churn, args.churn_range
     mols = model.sample_raw(p["num_samples"], config=SamplingConfig(method=method, steps=p["steps"], seed=args.seed,
-                                                                   spacing=spacing),
+                                                                   spacing=spacing, churn=churn,
+                                                                   churn_range=churn_range),
                             num_atoms=cond.num_atoms.tolist(), context=cond.context)
     sample_s = time.perf_counter() - t_s
     atom_stab, mol_stab = stability_fractions(mols)  # EDM's distance rule, as the unconditional headline
@@ -170,7 +174,7 @@ def run_property(prop: str, arrays, args: argparse.Namespace, work: Path) -> dic
     return {"mae": rows, "generator_robust": extra, "unit": PROPERTIES[prop].unit, "norm": list(norm),
             "classifier": cls_info,
             "generator": str(gen_path), "num_samples": p["num_samples"], "steps": p["steps"],
-            "sampler": method, "spacing": spacing,
+            "sampler": method, "spacing": spacing, "churn": churn, "churn_range": churn_range,
             "sample_seconds": sample_s, "seconds": time.perf_counter() - t0}
 
 
@@ -258,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=None, help="sampling steps (reduced: 50)")
     ap.add_argument("--method", default=None, help="sampler (default: the model's recommendation)")
     ap.add_argument("--spacing", default=None, help="step spacing (default: the model's recommendation)")
+    ap.add_argument("--churn", type=float, default=None, help="noise injection (default: the model's recommendation)")
+    ap.add_argument("--churn-range", type=lambda t: tuple(float(v) for v in t.split(",")), default=None,
+                    metavar="LO,HI", help="window of --churn in t/T")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default=str(ROOT / "results" / "tmp" / "qm9_conditional"))
     ap.add_argument("--out", default=None, help="JSON (default: results/qm9_conditional[_reduced].json)")
