@@ -156,8 +156,8 @@ def _minutes(m: float | None) -> str:
 
 
 def _sampler(s: dict[str, Any], short: bool = True) -> str:
-    spacing = {"uniform": "", "quadratic": " quad" if short else ", quadratic spacing",
-               "logsnr": " logsnr" if short else ", logsnr spacing"}[s["spacing"]]
+    spacing = {"uniform": "", "quadratic": " q" if short else ", quadratic spacing",
+               "logsnr": " l" if short else ", logsnr spacing"}[s["spacing"]]
     if s.get("churn"):
         spacing += f" c{s['churn']:g}" if short else f", noise injection (churn) {s['churn']:g}" + (
             " for t/T in [{:g}, {:g}]".format(*s["churn_range"]) if s.get("churn_range") else "")
@@ -187,7 +187,7 @@ _COLUMNS: tuple[tuple[str, Any], ...] = (
 
 LEGEND = ("atoms: largest training molecule. H: placed by the model, or added by RDKit to a heavy-atom model's "
           "output. bonds: the model's own, or EDM's distance rule. cond.: conditioning properties (--target). "
-          "--fix: a fragment-trained model, or RePaint replacement. sampler: recommended method, steps, spacing. "
+          "--fix: a fragment-trained model, or RePaint replacement. sampler: recommended method, steps, spacing (q quadratic, l log-SNR), noise injection (c). "
           "passes / train: molecule passes and minutes of training, where recorded. "
           "Details: moldiff models NAME_OR_PATH [--json]")
 
