@@ -156,8 +156,9 @@ def load_state(module: torch.nn.Module, state_dict: Any, path: str | Path, what:
 
 
 def grow_state_dict(target: dict[str, torch.Tensor], source: dict[str, torch.Tensor]) -> tuple[dict, list[str]]:
-    """``source`` fitted into ``target``'s shapes by zero-padding: each tensor of ``source`` is copied
-    into the leading block of a zero tensor of the target's shape.
+    """``source`` fitted into ``target``'s shapes by zero-padding.
+
+    Each tensor of ``source`` is copied into the leading block of a zero tensor of the target's shape.
 
     Used to start a conditional model from an unconditional one (``moldiff train --init``): the
     context adds input columns to the denoiser's first layer and output rows to its last; zero
@@ -173,7 +174,7 @@ def grow_state_dict(target: dict[str, torch.Tensor], source: dict[str, torch.Ten
         if have.shape == want.shape:
             out[key] = have
             continue
-        if have.dim() != want.dim() or any(h > w for h, w in zip(have.shape, want.shape)):
+        if have.dim() != want.dim() or any(h > w for h, w in zip(have.shape, want.shape, strict=True)):
             raise ValueError(f"{key}: shape {tuple(have.shape)} does not fit {tuple(want.shape)}")
         big = torch.zeros(want.shape, dtype=have.dtype, device=want.device)
         big[tuple(slice(0, h) for h in have.shape)] = have

@@ -187,7 +187,8 @@ _COLUMNS: tuple[tuple[str, Any], ...] = (
 
 LEGEND = ("atoms: largest training molecule. H: placed by the model, or added by RDKit to a heavy-atom model's "
           "output. bonds: the model's own, or EDM's distance rule. cond.: conditioning properties (--target). "
-          "--fix: a fragment-trained model, or RePaint replacement. sampler: recommended method, steps, spacing (q quadratic, l log-SNR), noise injection (c). "
+          "--fix: a fragment-trained model, or RePaint replacement. sampler: recommended method, steps, "
+          "spacing (q quadratic, l log-SNR), noise injection (c). "
           "passes / train: molecule passes and minutes of training, where recorded. "
           "Details: moldiff models NAME_OR_PATH [--json]")
 

@@ -5,7 +5,8 @@
 
 Writes a sampling-only copy (config, dataset statistics, raw and EMA weights; no optimizer state) with
 :func:`moldiff.checkpoint.export_checkpoint`, recording in ``info``: the recommended sampler, steps, spacing,
-noise injection and last step (``MolDiff.default_sampling`` / ``default_spacing`` / ``default_noise`` read them), the source file, the training counters (step, molecule
+noise injection and last step (``MolDiff.default_sampling`` / ``default_spacing`` /
+``default_noise`` read them), the source file, the training counters (step, molecule
 passes, training minutes), the date and ``--note``. Then it loads the result through the public API
 (``moldiff.load_model(NAME)``) and samples two molecules as a smoke test, and prints the file size.
 Replacing an existing shipped model needs ``--replace``.
@@ -75,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     mols = model.sample_raw(2, steps=5, seed=0)
     print(f"shipped {dst} ({dst.stat().st_size / 1e6:.1f} MB): step {state.get('step')}, "
           f"~{info['molecule_passes_approx']:,} molecule passes, {info['train_minutes']} training min; "
-          f"recommended {args.sampler} {args.steps} steps ({args.spacing}, churn {args.churn:g}, final {args.final}); smoke test sampled {len(mols)} molecules")
+          f"recommended {args.sampler} {args.steps} steps ({args.spacing}, churn {args.churn:g}, "
+          f"final {args.final}); smoke test sampled {len(mols)} molecules")
     return 0
 
 

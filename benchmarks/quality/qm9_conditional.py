@@ -74,6 +74,16 @@ def settings(args: argparse.Namespace) -> dict:
     return p
 
 
+def sampling_config(model, args: argparse.Namespace, steps: int | None) -> SamplingConfig:
+    """The model's recommended sampler, spacing and noise injection, each overridden by its flag."""
+    churn, churn_range, _ = model.default_noise
+    if getattr(args, "churn", None) is not None:
+        churn, churn_range = args.churn, args.churn_range
+    return SamplingConfig(method=getattr(args, "method", None) or model.default_sampling[0], steps=steps,
+                          seed=args.seed, spacing=getattr(args, "spacing", None) or model.default_spacing,
+                          churn=churn, churn_range=churn_range)
+
+
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -150,14 +160,9 @@ def run_property(prop: str, arrays, args: argparse.Namespace, work: Path) -> dic
     gen = torch.Generator().manual_seed(args.seed)
     cond = conditional_inputs(model, p["num_samples"], None, None, None, gen)
     t_s = time.perf_counter()
-    method = args.method or model.default_sampling[0]
-    spacing = args.spacing or model.default_spacing
-    churn, churn_range, _ = model.default_noise
-    if args.churn is not None:
-        churn, churn_range = args.churn, args.churn_range
-    mols = model.sample_raw(p["num_samples"], config=SamplingConfig(method=method, steps=p["steps"], seed=args.seed,
-                                                                   spacing=spacing, churn=churn,
-                                                                   churn_range=churn_range),
+    config = sampling_config(model, args, p["steps"])
+    method, spacing, churn, churn_range = config.method, config.spacing, config.churn, config.churn_range
+    mols = model.sample_raw(p["num_samples"], config=config,
                             num_atoms=cond.num_atoms.tolist(), context=cond.context)
     sample_s = time.perf_counter() - t_s
     atom_stab, mol_stab = stability_fractions(mols)  # EDM's distance rule, as the unconditional headline
@@ -189,7 +194,9 @@ def sweep(prop: str, arrays, args: argparse.Namespace, work: Path, png: Path) ->
     gen_path = generator_checkpoint(prop, args, work)
     ensure_property_distribution(gen_path, arrays, prop)
     model = from_checkpoint(gen_path)
-    norm = [float(v) for v in model.stats.property_norms[prop]]
+    # φ_c's own normalisation (valid split, as in run_property), not the generator's: the two differ,
+    # and de-normalising φ_c's output with the generator's shifted every achieved value (sessions 2-5).
+    norm = property_mean_mad(arrays, get_split("valid", "qm9"), [prop])[prop]
     lo, hi = np.percentile(arrays.properties[prop][get_split("second_half", "qm9")], [5, 95])
     targets = np.linspace(lo, hi, 5)
     out: dict = {"targets": targets.tolist(), "unit": PROPERTIES[prop].unit}
@@ -199,7 +206,8 @@ def sweep(prop: str, arrays, args: argparse.Namespace, work: Path, png: Path) ->
         # check and (w > 0) classifier-free guidance. The same seed per target draws the same N for
         # both weights, so w = 0 and w = 2 compare alike.
         mols = [m for c in targets for m in model.sample_raw(
-            args.sweep_num, steps=REDUCED["steps"], seed=args.seed, target={prop: float(c)}, guidance=w)]
+            args.sweep_num, config=sampling_config(model, args, settings(args)["steps"]), target={prop: float(c)},
+            guidance=w)]
         pred = predict_molecules(phi, mols, arrays.elements, norm).reshape(len(targets), args.sweep_num)
         sizes = np.array([len(sym) for sym, _ in mols], dtype=float).reshape(len(targets), args.sweep_num).mean(1)
         achieved = list(pred)
@@ -219,7 +227,8 @@ def sweep(prop: str, arrays, args: argparse.Namespace, work: Path, png: Path) ->
     ax2.set(xlabel=f"requested {prop} ({unit})", ylabel="mean number of atoms", title="size")
     ax1.legend(fontsize=8)
     ax2.legend(fontsize=8)
-    fig.suptitle(f"moldiff qm9-{prop} (reduced CPU model), {args.sweep_num} samples per target", fontsize=10)
+    phi_name = Path(args.classifier.format(prop=prop)).stem if args.classifier else "reduced"
+    fig.suptitle(f"moldiff {gen_path.stem}, {args.sweep_num} samples per target, φ_c {phi_name}", fontsize=10)
     fig.tight_layout()
     fig.savefig(png, dpi=110)
     return out

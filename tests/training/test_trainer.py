@@ -262,7 +262,7 @@ def test_init_grows_an_unconditional_checkpoint_into_a_conditional_model(tmp_pat
         ref = src.ema.denoiser(pos, h, t, batch)
         for ctx in (torch.zeros(2, 2), torch.randn(2, 2, generator=g)):  # any value and keep flag
             out = tr.ema.denoiser(pos, h, t, batch, context=ctx)
-            for a, b in zip(ref, out):
+            for a, b in zip(ref, out, strict=True):
                 assert torch.allclose(a, b, atol=1e-6)
     # a checkpoint of another architecture is still refused with one line
     d2 = CFG.to_dict()
