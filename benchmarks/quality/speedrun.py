@@ -257,6 +257,19 @@ def cmd_throughput(args: argparse.Namespace) -> None:
         print(f"{k:<24} {v:8.1f} molecules/s (median of {args.rounds})")
 
 
+def sampling_label(row: dict) -> str:
+    """``"1,000 x dpm2sde 50, quadratic, churn 0.4"``: how a row's molecules were sampled (older rows:
+    500 x dpm2sde 100, uniform, the script's defaults then)."""
+    text = f"{row.get('num_molecules', 500):,} x {row.get('sampler', 'dpm2sde')} {row.get('steps', 100)}"
+    if row.get("spacing", "uniform") != "uniform":
+        text += f", {row['spacing']}"
+    if row.get("churn"):
+        text += f", churn {row['churn']:g}"
+    if row.get("final", "sample") != "sample":
+        text += f", final {row['final']}"
+    return text
+
+
 def load_rows(path: Path = ROWS) -> list[dict[str, Any]]:
     """Rows of ``path``, later duplicates (name, seed, budget) replacing earlier ones."""
     if not path.is_file():
@@ -279,30 +292,37 @@ def cmd_report(args: argparse.Namespace) -> None:
     rows = sorted(load_rows(Path(args.rows)), key=lambda r: (r["budget_passes"], r["name"], r["seed"]))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    lines = ["| recipe | overrides | seed | passes | train min | atom stab. % | mol stab. % | valid % | "
-             "valid & connected % | unique % | val NLL |", "|" + "---|" * 11]
+    lines = ["| recipe | overrides | seed | passes | train min | sampling | atom stab. % | mol stab. % | valid % | "
+             "valid & connected % | unique % | val NLL |", "|" + "---|" * 12]
     for r in rows:
         pct = (lambda k, r=r: f"{100 * r[k]:.1f}" if r.get(k) is not None else "-")
         lines.append(f"| {r['name']} | {' '.join(r['overrides']) or '(base)'} | {r['seed']} | {r['passes']:,} | "
-                     f"{r['train_s'] / 60:.1f} | {pct('atom_stability')} | {pct('mol_stability')} | "
+                     f"{r['train_s'] / 60:.1f} | {sampling_label(r)} | {pct('atom_stability')} | "
+                     f"{pct('mol_stability')} | "
                      f"{pct('validity')} | {pct('validity_connected')} | {pct('uniqueness')} | "
                      f"{r['val_nll_best']:.2f} |")
     (out / "speedrun_cpu.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    names = sorted({r["name"] for r in rows})
+    legend_in = 0.15 * -(-(len(names) + len(PUBLISHED)) // 4) + 0.2  # 4 columns of 7-point entries
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5 + legend_in))
+    colors = plt.get_cmap("tab20").colors
     for ax, key, idx, title in zip(axes, ("atom_stability", "mol_stability", "validity"), range(3),
                                    ("atom stability %", "molecule stability %", "validity %"), strict=True):
-        for name in sorted({r["name"] for r in rows}):
+        for k, name in enumerate(names):
             pts = sorted((r["passes"], 100 * r[key]) for r in rows if r["name"] == name)
-            ax.plot([p for p, _ in pts], [v for _, v in pts], "o-", label=name)
+            ax.plot([p for p, _ in pts], [v for _, v in pts], "os^Dv<>"[k // 20 % 7] + "-", ms=5,
+                    color=colors[k % 20], label=name)
         for j, (label, vals) in enumerate(PUBLISHED.items()):
             ax.axhline(vals[idx], ls="--", color=f"C{7 + j}", lw=1, label=label)
         ax.set_xscale("log")
         ax.set_xlabel("molecule passes (training)")
         ax.set_title(title)
-    axes[0].legend(fontsize=7)
-    fig.suptitle(f"CPU speedrun: {len(rows)} rows, 500 samples each (dpm2sde, 100 steps)")
-    fig.tight_layout()
+        ax.set_ylim(0, 100)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=7, frameon=False)
+    fig.suptitle(f"CPU speedrun: {len(rows)} rows (samples and sampler of each row: speedrun_cpu.md)")
+    fig.tight_layout(rect=(0, legend_in / (4.5 + legend_in), 1, 1))
     fig.savefig(out / "speedrun_cpu.png", dpi=100)
     plt.close(fig)
     print(f"wrote {out / 'speedrun_cpu.md'} and {out / 'speedrun_cpu.png'}")
