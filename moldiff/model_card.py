@@ -57,6 +57,7 @@ def describe_model(name_or_path: str | Path, full: bool = True) -> dict[str, Any
     shipped = path.parent == PRETRAINED_DIR and not Path(name_or_path).exists()
     info = model.info
     method, steps = model.default_sampling
+    churn, churn_range, final = model.default_noise
     if not model.config.data.remove_h:
         hydrogens = HYDROGENS_EXPLICIT
     else:
@@ -74,8 +75,7 @@ def describe_model(name_or_path: str | Path, full: bool = True) -> dict[str, Any
         "fragment_input": bool(model.process.fragment_input),
         "fixed_atoms": FIX_FRAGMENT if model.process.fragment_input else FIX_REPAINT,
         "sampling": {"method": method, "steps": steps or model.process.timesteps, "spacing": model.default_spacing,
-                     "churn": model.default_noise[0], "churn_range": model.default_noise[1],
-                     "final": model.default_noise[2],
+                     "churn": churn, "churn_range": churn_range, "final": final,
                      "recorded": bool(info.get("sampling"))},
         "timesteps": model.process.timesteps,
         "molecule_passes": _first_number(info, _PASSES_KEYS),
