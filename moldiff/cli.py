@@ -400,20 +400,13 @@ def _sample_to_file(args: argparse.Namespace, model: MolDiff, fmt: str, target: 
 
     from moldiff.io import molecule_writer
     from moldiff.pipeline import to_rdkit
-    from moldiff.sampling.config import SamplingConfig
     from moldiff.sampling.sharding import gather_in_order
 
-    method, steps = model.default_sampling  # each overridden by its flag
-    method, steps = args.sampler or method, args.steps or steps
-    churn, churn_range, final = model.default_noise
-    if args.churn is not None:  # --churn replaces the recommendation (and its window)
-        churn, churn_range = args.churn, args.churn_range
-    elif args.churn_range is not None:
-        churn_range = args.churn_range
-    config = SamplingConfig(method=method, steps=steps, eta=args.eta, seed=args.seed, batch_size=args.batch_size,
-                            max_atoms_per_batch=args.batch_atoms,
-                            spacing=args.spacing or model.default_spacing, churn=churn,
-                            churn_range=churn_range, final=args.final or final)  # validated once, here
+    config = model.recommended_sampling(  # each recommendation overridden by its flag; validated once, here
+        method=args.sampler, steps=args.steps, spacing=args.spacing, churn=args.churn, churn_range=args.churn_range,
+        final=args.final, eta=args.eta, seed=args.seed, batch_size=args.batch_size,
+        max_atoms_per_batch=args.batch_atoms)
+    method, steps = config.method, config.steps
     molecules: list = []
     with warnings.catch_warnings(record=True) as caught:  # e.g. a target outside the training range
         warnings.simplefilter("always", UserWarning)

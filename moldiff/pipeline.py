@@ -104,8 +104,6 @@ class MolDiff:
         ``(0.0, None, "sample")`` (no noise injection, EDM's last step) when the checkpoint records
         none or an invalid combination.
         """
-        from moldiff.sampling.config import SamplingConfig
-
         rec = self.info.get("sampling") or {}
         churn, churn_range, final = rec.get("churn", 0.0), rec.get("churn_range"), rec.get("final", "sample")
         try:
@@ -113,6 +111,27 @@ class MolDiff:
         except (TypeError, ValueError):
             return 0.0, None, "sample"
         return cfg.churn, cfg.churn_range, cfg.final
+
+    def recommended_sampling(self, *, method: str | None = None, steps: int | None = None,
+                             spacing: str | None = None, churn: float | None = None,
+                             churn_range: tuple[float, float] | None = None, final: str | None = None,
+                             **fields: Any) -> SamplingConfig:
+        """The model's recommended :class:`SamplingConfig`, each setting overridden where given.
+
+        ``method``, ``steps``, ``spacing``, ``final``: ``None`` keeps the recommendation. ``churn``
+        replaces the recommended noise injection together with its window (``churn_range`` goes
+        with it); ``churn_range`` alone moves the recommended window. ``fields``: the other
+        ``SamplingConfig`` fields (seed, eta, batch budgets). Raises ``ValueError`` as the config does.
+        """
+        rec_method, rec_steps = self.default_sampling
+        rec_churn, rec_range, rec_final = self.default_noise
+        if churn is not None:
+            rec_churn, rec_range = churn, churn_range
+        elif churn_range is not None:
+            rec_range = churn_range
+        return SamplingConfig(method=method or rec_method, steps=steps or rec_steps,
+                              spacing=spacing or self.default_spacing, churn=rec_churn, churn_range=rec_range,
+                              final=final or rec_final, **fields)
 
     def to(self, device: str | torch.device) -> MolDiff:
         """Move the model to ``device``."""

@@ -75,13 +75,12 @@ def settings(args: argparse.Namespace) -> dict:
 
 
 def sampling_config(model, args: argparse.Namespace, steps: int | None) -> SamplingConfig:
-    """The model's recommended sampler, spacing and noise injection, each overridden by its flag."""
-    churn, churn_range, _ = model.default_noise
-    if getattr(args, "churn", None) is not None:
-        churn, churn_range = args.churn, args.churn_range
-    return SamplingConfig(method=getattr(args, "method", None) or model.default_sampling[0], steps=steps,
-                          seed=args.seed, spacing=getattr(args, "spacing", None) or model.default_spacing,
-                          churn=churn, churn_range=churn_range)
+    """The model's recommended sampler, spacing and noise injection, each overridden by its flag;
+    ``steps=None``: all ``T`` steps (the full protocol), not the recommended count."""
+    return model.recommended_sampling(
+        method=getattr(args, "method", None), steps=steps or model.process.timesteps,
+        spacing=getattr(args, "spacing", None), churn=getattr(args, "churn", None),
+        churn_range=getattr(args, "churn_range", None), seed=args.seed)
 
 
 def log(msg: str) -> None:
