@@ -7,6 +7,7 @@ receives a whole config. Unknown keys are rejected with ``ValueError``. Imports 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,32 @@ def _valid_schedule(name: object) -> bool:
         return float(name.split("_", 1)[1]) > 0
     except ValueError:
         return False
+
+
+#: ``diffusion.time_sampling`` values with their parameter count (the names of
+#: ``moldiff.diffusion.time_sampling.TIME_SAMPLERS``; a test checks).
+TIME_SAMPLINGS = {"uniform": 0, "logit_normal": 2, "beta": 2}
+
+
+def _check_time_sampling(name: object, params: object) -> tuple[float, ...]:
+    """Validate ``diffusion.time_sampling`` and its params; returns the params as floats."""
+    _check_choice("diffusion.time_sampling", name, tuple(TIME_SAMPLINGS))
+    key = "diffusion.time_sampling_params"
+    if not isinstance(params, (list, tuple)) or any(isinstance(v, bool) for v in params):
+        raise ValueError(f"{key} must be a list of numbers, got {params!r}")
+    try:
+        values = tuple(float(v) for v in params)
+    except (TypeError, ValueError):
+        raise ValueError(f"{key} must be a list of numbers, got {params!r}") from None
+    n = TIME_SAMPLINGS[name]
+    if len(values) not in ((0, n) if name == "logit_normal" else (n,)):
+        raise ValueError(f"{key} for {name!r} must have {n} entries, got {list(params)!r}")
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError(f"{key} must be finite, got {list(params)!r}")
+    if (name == "logit_normal" and values and values[1] <= 0) or (name == "beta" and min(values) <= 0):
+        need = "scale > 0 in [loc, scale]" if name == "logit_normal" else "a > 0 and b > 0 in [a, b]"
+        raise ValueError(f"{key} for {name!r} needs {need}, got {list(params)!r}")
+    return values
 
 
 @dataclass(frozen=True)
@@ -136,6 +163,10 @@ class DiffusionConfig:
             aromatic) diffused with the molecule and predicted by an edge head (needs
             ``atom_types: categorical`` and a dataset with bonds).
         bond_loss_weight: weight of the per-pair mean bond cross-entropy (``bonds: categorical``).
+        time_sampling: how training draws ``t``: ``"uniform"`` (EDM), ``"logit_normal"`` or ``"beta"``
+            (see :mod:`moldiff.diffusion.time_sampling`; no loss re-weighting).
+        time_sampling_params: the sampler's parameters: ``[]`` for ``uniform``; ``[loc, scale]`` for
+            ``logit_normal`` (``[]``: ``[0, 1]``); ``[a, b]`` for ``beta`` (required).
     """
 
     timesteps: int = 1000
@@ -151,9 +182,13 @@ class DiffusionConfig:
     type_loss_weight: float = 0.4
     bonds: str = "none"
     bond_loss_weight: float = 2.0
+    time_sampling: str = "uniform"
+    time_sampling_params: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         _check_positive("diffusion.timesteps", self.timesteps)
+        object.__setattr__(self, "time_sampling_params",
+                           _check_time_sampling(self.time_sampling, self.time_sampling_params))
         _check_choice("diffusion.loss_type", self.loss_type, ("l2", "vlb"))
         _check_choice("diffusion.parameterization", self.parameterization, ("eps", "x0"))
         _check_choice("diffusion.loss_weighting", self.loss_weighting, ("edm", "snr_clamp"))

@@ -9,6 +9,7 @@ from moldiff.diffusion.categorical import CategoricalDiffusion
 from moldiff.diffusion.parameterization import LossWeighting
 from moldiff.diffusion.process import EquivariantDiffusion
 from moldiff.diffusion.schedules import NoiseSchedule
+from moldiff.diffusion.time_sampling import TimeSampler
 from moldiff.models.registry import ModelSpec, register_model
 from moldiff.nn.denoiser import EGNNDenoiser
 
@@ -46,4 +47,5 @@ def build_egnn(config: ExperimentConfig, spec: ModelSpec) -> EquivariantDiffusio
         loss_type=d.loss_type, parameterization=d.parameterization,
         weighting=LossWeighting(d.loss_weighting, *d.snr_clamp), type_process=type_process,
         type_loss_weight=d.type_loss_weight, bond_process=bond_process, bond_loss_weight=d.bond_loss_weight,
+        time_sampler=TimeSampler(d.time_sampling, d.time_sampling_params),
     )
