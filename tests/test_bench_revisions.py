@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import subprocess
 from pathlib import Path
 
 import pytest
+from script_loader import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 # benchmarks/ is not a package: load the script by path, as `python benchmarks/speed/bench_revisions.py` runs it
-_spec = importlib.util.spec_from_file_location("bench_revisions", ROOT / "benchmarks" / "speed" / "bench_revisions.py")
-bench_revisions = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench_revisions)
+bench_revisions = load_script("benchmarks/speed/bench_revisions.py")
 
 
 @pytest.mark.parametrize(("text", "expected"), [

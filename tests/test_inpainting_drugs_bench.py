@@ -3,19 +3,14 @@ with its own bonds, the atom reordering and the scoring by a molecule's own bond
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
+from script_loader import load_script
 
 pytest.importorskip("rdkit")
 
-ROOT = Path(__file__).resolve().parents[1]
 # benchmarks/ is not a package: load the script by path, as `python benchmarks/quality/inpainting_drugs.py` runs it
-_spec = importlib.util.spec_from_file_location("inpainting_drugs", ROOT / "benchmarks/quality/inpainting_drugs.py")
-bench = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench)
+bench = load_script("benchmarks/quality/inpainting_drugs.py")
 
 # CCc1ccccc1 (ethylbenzene), Kekulé bonds: ethyl 0-1, ring 2..7
 ETHYLBENZENE = (["C"] * 8, [(0, 1, 1), (1, 2, 1), (2, 3, 2), (3, 4, 1), (4, 5, 2), (5, 6, 1), (6, 7, 2), (7, 2, 1)])

@@ -1,18 +1,11 @@
 """``benchmarks/ops/ship.py``: a training checkpoint becomes a loadable shipped model with its sampling advice."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from script_loader import load_script
 
 
 def _ship():
-    spec = importlib.util.spec_from_file_location("ship", ROOT / "benchmarks" / "ops" / "ship.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/ops/ship.py")
 
 
 def test_ship_records_sampling_and_refuses_to_overwrite(tiny_run, tmp_path, capsys):

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from script_loader import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "quality" / "speedrun.py"
 
 
 @pytest.fixture(scope="module")
 def speedrun():
-    spec = importlib.util.spec_from_file_location("speedrun", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/quality/speedrun.py")
 
 
 def test_overrides_parse_and_reject_unknown_keys(speedrun):

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from script_loader import load_script
 
-ROOT = Path(__file__).resolve().parents[1]
 # benchmarks/ is not a package: load the script by path, as `python benchmarks/quality/steps_vs_quality.py` runs it
-_spec = importlib.util.spec_from_file_location("steps_vs_quality", ROOT / "benchmarks/quality/steps_vs_quality.py")
-steps_vs_quality = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(steps_vs_quality)
+steps_vs_quality = load_script("benchmarks/quality/steps_vs_quality.py")
 
 
 def part(path: Path, sampler: str, seed: int = 0) -> Path:

@@ -86,13 +86,9 @@ def test_config_default_validation_and_round_trip(tmp_path):
 
 
 def test_speedrun_overrides_reach_the_config():
-    import importlib.util
-    from pathlib import Path
+    from script_loader import load_script
 
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "quality" / "speedrun.py"
-    spec = importlib.util.spec_from_file_location("_speedrun_for_align_test", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("benchmarks/quality/speedrun.py", "_speedrun_for_align_test")
     cfg = mod.apply_overrides(ExperimentConfig(), ["train.align_noise=both"])
     assert cfg.train.align_noise == "both"
     with pytest.raises(ValueError, match="align_noise"):
