@@ -150,8 +150,11 @@ class DiffusionConfig:
     """Forward process (defaults: EDM's unconditional QM9 run).
 
     Attributes:
-        parameterization: what the network predicts: ``"eps"`` (EDM) or ``"x0"``
-            (see :mod:`moldiff.diffusion.parameterization`).
+        parameterization: what the network predicts: ``"eps"`` (EDM), ``"x0"`` or ``"precond"``
+            (Karras' preconditioned ``x0``: ``x0_pos = c_skip z_pos + c_out out_pos``; see
+            :mod:`moldiff.diffusion.parameterization`).
+        sigma_data: ``sigma_d`` of ``"precond"``, the standard deviation of the zero-CoM positions in
+            the normalised space (QM9: 1.397 Angstrom, so 1.4); unused by ``"eps"`` / ``"x0"``.
         loss_weighting: ``"edm"`` (uniform noise error) or ``"snr_clamp"`` (``x0`` error weighted by
             ``clamp(SNR_t, *snr_clamp)``).
         snr_clamp: ``(lo, hi)`` of ``"snr_clamp"``; EQGAT-diff's ``(0.05, 1.5)`` by default.
@@ -176,6 +179,7 @@ class DiffusionConfig:
     norm_values: tuple[float, float, float] = (1.0, 4.0, 10.0)
     include_charges: bool = True
     parameterization: str = "eps"
+    sigma_data: float = 1.0
     loss_weighting: str = "edm"
     snr_clamp: tuple[float, float] = (0.05, 1.5)
     atom_types: str = "gaussian"
@@ -190,7 +194,9 @@ class DiffusionConfig:
         object.__setattr__(self, "time_sampling_params",
                            _check_time_sampling(self.time_sampling, self.time_sampling_params))
         _check_choice("diffusion.loss_type", self.loss_type, ("l2", "vlb"))
-        _check_choice("diffusion.parameterization", self.parameterization, ("eps", "x0"))
+        _check_choice("diffusion.parameterization", self.parameterization, ("eps", "x0", "precond"))
+        _check_positive("diffusion.sigma_data", self.sigma_data)
+        object.__setattr__(self, "sigma_data", float(self.sigma_data))
         _check_choice("diffusion.loss_weighting", self.loss_weighting, ("edm", "snr_clamp"))
         if len(self.snr_clamp) != 2 or not 0 <= float(self.snr_clamp[0]) < float(self.snr_clamp[1]):
             raise ValueError(f"diffusion.snr_clamp must be [lo, hi] with 0 <= lo < hi, got {self.snr_clamp!r}")

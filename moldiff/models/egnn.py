@@ -6,7 +6,7 @@ from moldiff.conditioning import context_width
 from moldiff.config import ExperimentConfig
 from moldiff.constants import BOND_ORDERS
 from moldiff.diffusion.categorical import CategoricalDiffusion
-from moldiff.diffusion.parameterization import LossWeighting
+from moldiff.diffusion.parameterization import LossWeighting, Parameterization
 from moldiff.diffusion.process import EquivariantDiffusion
 from moldiff.diffusion.schedules import NoiseSchedule
 from moldiff.diffusion.time_sampling import TimeSampler
@@ -44,7 +44,7 @@ def build_egnn(config: ExperimentConfig, spec: ModelSpec) -> EquivariantDiffusio
         bond_process = CategoricalDiffusion(BOND_CLASSES, schedule, prior=spec.bond_prior)
     return EquivariantDiffusion(
         denoiser, schedule, spec.num_classes, include_charges=d.include_charges, norm_values=d.norm_values,
-        loss_type=d.loss_type, parameterization=d.parameterization,
+        loss_type=d.loss_type, parameterization=Parameterization(d.parameterization, d.sigma_data),
         weighting=LossWeighting(d.loss_weighting, *d.snr_clamp), type_process=type_process,
         type_loss_weight=d.type_loss_weight, bond_process=bond_process, bond_loss_weight=d.bond_loss_weight,
         time_sampler=TimeSampler(d.time_sampling, d.time_sampling_params),
