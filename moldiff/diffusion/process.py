@@ -1,8 +1,11 @@
 """E(3)-equivariant variational diffusion (EDM, Hoogeboom et al. 2022) on sparse molecule batches.
 
-The process owns the forward noising ``q(z_t | x)``, the training loss (EDM's L2 objective), the
-variational bound used as NLL, one reverse step ``p(z_s | z_t)`` and the final ``p(x, h | z_0)``.
-It receives any :class:`moldiff.types.Denoiser`; it never imports ``moldiff.nn``.
+The process owns its construction and normalisation, the network call (:meth:`denoise`, clean
+estimates, self-conditioning), the forward noising ``q(z_t | x)``, one reverse step ``p(z_s | z_t)``
+and the final ``p(x, h | z_0)``. The training losses live in :mod:`moldiff.diffusion.losses` and the
+variational-bound terms in :mod:`moldiff.diffusion.likelihood`, as functions of the process; the
+same-named methods here delegate to them. It receives any :class:`moldiff.types.Denoiser`; it never
+imports ``moldiff.nn``.
 
 State layout: positions ``pos [N, 3]`` (zero centre of mass per molecule) and features
 ``h [N, K + c]`` = ``[one_hot / norm_values[1], charges / norm_values[2]]`` (``c`` = 1 with
@@ -11,43 +14,19 @@ charges, 0 without).
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
+from moldiff.diffusion import likelihood, losses
 from moldiff.diffusion.categorical import CategoricalDiffusion
+from moldiff.diffusion.losses import LossOutput, NoiseAlign
 from moldiff.diffusion.parameterization import LossWeighting, Parameterization
 from moldiff.diffusion.schedules import NoiseSchedule
 from moldiff.diffusion.time_sampling import TimeSampler
-from moldiff.geometry import molecule_pairs, pair_classes, remove_mean, sample_zero_com_gaussian, scatter_sum
+from moldiff.geometry import molecule_pairs, remove_mean, sample_zero_com_gaussian, scatter_sum
 from moldiff.types import Denoiser, MolBatch
 
-_EPS = 1e-10
-
-#: ``(eps_pos [N, 3], x [N, 3], batch [N], num_graphs) -> eps_pos``: a noise-to-data alignment for training.
-NoiseAlign = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
-
-
-def _cdf(x: torch.Tensor) -> torch.Tensor:
-    return 0.5 * (1.0 + torch.erf(x / math.sqrt(2)))
-
-
-def _atom_sum(values: torch.Tensor, index: torch.Tensor, num_graphs: int, weight: torch.Tensor | None) -> torch.Tensor:
-    """Per-molecule sum of per-atom (or per-pair) ``values``, each times ``weight`` when given (0: fixed)."""
-    return scatter_sum(values if weight is None else values * weight, index, num_graphs)
-
-
-@dataclass
-class LossOutput:
-    """Per-molecule loss terms (``[B]`` each); ``loss`` is what training minimises."""
-
-    loss: torch.Tensor
-    error_t: torch.Tensor
-    kl_prior: torch.Tensor
-    t_int: torch.Tensor
+__all__ = ["EquivariantDiffusion", "LossOutput", "NoiseAlign"]
 
 
 class EquivariantDiffusion(nn.Module):
@@ -299,192 +278,42 @@ class EquivariantDiffusion(nn.Module):
         shift = (scatter_sum(w * z_pos, batch, num_graphs) - scatter_sum(w * pos, batch, num_graphs)) / count
         return torch.where(fixed.unsqueeze(1), pos + shift[batch], z_pos)
 
-    # ------------------------------------------------------------------ likelihood terms
+    # ------------------------------------------------------------------ likelihood terms (likelihood.py)
     def kl_prior(self, pos: torch.Tensor, h: torch.Tensor, batch: torch.Tensor, num_graphs: int) -> torch.Tensor:
-        """``KL(q(z_T | x) || N(0, I))`` per molecule (negligible; a schedule sanity check)."""
-        gamma_T = self.schedule.gamma(torch.ones(1, device=pos.device))
-        a_T, s_T = NoiseSchedule.alpha_from_gamma(gamma_T), NoiseSchedule.sigma_from_gamma(gamma_T)
-        n = torch.bincount(batch, minlength=num_graphs).to(pos.dtype)
-        mu2_h = scatter_sum((a_T * h) ** 2, batch, num_graphs).sum(1)
-        kl_h = n * h.shape[1] * (-torch.log(s_T) + 0.5 * s_T**2 - 0.5) + 0.5 * mu2_h
-        d = (n - 1) * 3
-        mu2_x = scatter_sum((a_T * pos) ** 2, batch, num_graphs).sum(1)
-        kl_x = d * (-torch.log(s_T)) + 0.5 * (d * s_T**2 + mu2_x) - 0.5 * d
-        return kl_x + kl_h
+        """``KL(q(z_T | x) || N(0, I))`` per molecule, ``[B]`` (:mod:`~moldiff.diffusion.likelihood`)."""
+        return likelihood.kl_prior(self, pos, h, batch, num_graphs)
 
     def log_constants_p_x_given_z0(self, batch: torch.Tensor, num_graphs: int, dtype: torch.dtype) -> torch.Tensor:
-        """Normalisation constant of the Gaussian ``p(x | z_0)`` on the zero-CoM subspace."""
-        n = torch.bincount(batch, minlength=num_graphs).to(dtype)
-        gamma_0 = self.schedule.gamma(torch.zeros(1, device=batch.device))
-        log_sigma_x = 0.5 * gamma_0
-        return (n - 1) * 3 * (-log_sigma_x - 0.5 * math.log(2 * math.pi))
+        """Normalisation constant of the Gaussian ``p(x | z_0)``, ``[B]`` (:mod:`~moldiff.diffusion.likelihood`)."""
+        return likelihood.log_constants_p_x_given_z0(self, batch, num_graphs, dtype)
 
     def log_pxh_given_z0_without_constants(
         self, h: torch.Tensor, z_h: torch.Tensor, error_x: torch.Tensor, batch: torch.Tensor, num_graphs: int,
         atom_weight: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``log p(x, h | z_0)`` up to constants: Gaussian on x, discretised Gaussians on types/charges.
+        """``log p(x, h | z_0)`` up to constants, ``[B]`` (:mod:`~moldiff.diffusion.likelihood`)."""
+        return likelihood.log_pxh_given_z0_without_constants(self, h, z_h, error_x, batch, num_graphs, atom_weight)
 
-        ``atom_weight [N]``: optional per-atom weights of the type/charge terms (0 for fixed atoms).
-        """
-        sigma0 = NoiseSchedule.sigma_from_gamma(self.schedule.gamma(torch.zeros(1, device=h.device)))
-        k = self.num_classes
-        onehot = h[:, :k] * self.norm_values[1]
-        est_cat = z_h[:, :k] * self.norm_values[1]
-        s_cat = sigma0 * self.norm_values[1]
-        centred = est_cat - 1
-        log_p_cat = torch.log(_cdf((centred + 0.5) / s_cat) - _cdf((centred - 0.5) / s_cat) + _EPS)
-        log_p_cat = log_p_cat - torch.logsumexp(log_p_cat, dim=1, keepdim=True)
-        per_atom = (log_p_cat * onehot).sum(1)
-        if self.include_charges:
-            charge = torch.round(h[:, k:] * self.norm_values[2])
-            est = z_h[:, k:] * self.norm_values[2]
-            s_int = sigma0 * self.norm_values[2]
-            c = charge - est
-            per_atom = per_atom + torch.log(_cdf((c + 0.5) / s_int) - _cdf((c - 0.5) / s_int) + _EPS).sum(1)
-        if atom_weight is not None:
-            per_atom = per_atom * atom_weight
-        log_p_h = scatter_sum(per_atom, batch, num_graphs)
-        return -0.5 * error_x + log_p_h
+    def nll(self, mol: MolBatch, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Unbiased variational bound ``-log p(x, h | N)``, ``[B]`` (:mod:`~moldiff.diffusion.likelihood`)."""
+        return likelihood.nll(self, mol, generator)
 
-    # ------------------------------------------------------------------ objectives
+    # ------------------------------------------------------------------ objectives (losses.py)
     def loss(
         self, mol: MolBatch, generator: torch.Generator | None = None, t_int: torch.Tensor | None = None,
         noise: tuple[torch.Tensor, torch.Tensor] | None = None, noise_align: NoiseAlign | None = None,
         fixed: torch.Tensor | None = None,
     ) -> LossOutput:
-        """EDM's training objective (one network call), per molecule.
+        """The training objective, per molecule: :func:`moldiff.diffusion.losses.training_loss`.
 
-        ``t`` is drawn from ``{0, ..., T}`` by ``time_sampler`` (uniformly by default); at ``t = 0``
-        the discretised ``L_0`` term is used. With ``loss_type="l2"`` the squared error is divided by
-        ``(3 + F) * max_n_atoms`` as in EDM (padded formulation), and the VLB weighting is dropped.
-
-        Args:
-            mol: data batch.
-            generator: RNG for ``t`` and the noise.
-            t_int: optional fixed ``[B]`` integer steps.
-            noise: optional fixed ``(eps_pos, eps_h)``.
-            noise_align: optional ``(eps_pos, x, batch, num_graphs) -> eps_pos`` applied to the
-                position noise (drawn or given) before ``z_t`` is formed, ``x`` being the normalised
-                zero-CoM data: the trainer's ``train.align_noise``
-                (:func:`moldiff.geometry.noise_aligner`: Kabsch rotation and/or Hungarian
-                permutation of the noise onto the molecule). ``None``: independent noise (EDM).
-            fixed: optional ``[N]`` bool, atoms held fixed (fragment training, DiffLinker-style):
-                ``z_t`` is formed for every atom as usual, then the fixed rows get the clean fragment
-                translated to the centre of mass of their noisy rows (:meth:`place_fixed`; the
-                molecule's centre of mass is unchanged), their clean types and, with a bond channel,
-                the clean classes of the pairs among them; the denoiser reads the flag
-                (``fragment_input``) and the loss counts the free atoms (and pairs with a free atom)
-                only, with the same normalisation. ``None``: no fixed atoms (bit-identical to before).
-
-        Returns:
-            :class:`LossOutput` with ``[B]`` tensors.
+        EDM's noise error (L2 or VLB, ``L_0`` at ``t = 0``), the weighted ``x0`` error of a non-EDM
+        ``weighting``, or positions + type (+ bond) cross-entropy with categorical types. ``t_int``
+        / ``noise``: optional fixed ``[B]`` steps / ``(eps_pos, eps_h)``; ``noise_align``: the
+        trainer's noise-to-data alignment; ``fixed [N]`` bool: atoms held fixed (fragment training).
         """
-        pos, h = self.normalize(mol)
-        B, batch, T = mol.num_graphs, mol.batch, self.timesteps
-        dev = pos.device
-        if t_int is None:
-            t_int = self.time_sampler.sample(B, T, generator, dev)
-        t = t_int.to(pos.dtype) / T
-        s = (t_int - 1).clamp(min=0).to(pos.dtype) / T
-        gamma_t, gamma_s = self.schedule.gamma(t), self.schedule.gamma(s)
-        eps_pos, eps_h = noise if noise is not None else self.sample_noise(batch, B, pos.dtype, generator)
-        if noise_align is not None:
-            eps_pos = noise_align(eps_pos, pos, batch, B)
-        free = None if fixed is None else (~fixed).to(pos.dtype)  # per-atom loss weight
-        if self.categorical_types:
-            return self._categorical_loss(mol, pos, eps_pos, t, gamma_t, t_int, generator, fixed)
-        z_pos, z_h = self.q_sample(pos, h, gamma_t, batch, eps_pos, eps_h)
-        if fixed is not None:  # the fragment enters clean
-            z_pos = self.place_fixed(z_pos, pos, fixed, batch, B)
-            z_h = torch.where(fixed.unsqueeze(1), h, z_h)
-        if not self.weighting.on_eps:
-            return self._x0_loss(mol, pos, h, z_pos, z_h, t, gamma_t, t_int, generator, fixed)
-        sc = self._train_self_cond(z_pos, z_h, t, batch, mol.context, generator, fixed=fixed)
-        pred_pos, pred_h = self.denoise(z_pos, z_h, t, batch, mol.context, self_cond=sc, fixed=fixed)
-        err_x = _atom_sum(((eps_pos - pred_pos) ** 2).sum(1), batch, B, free)
-        err_h = _atom_sum(((eps_h - pred_h) ** 2).sum(1), batch, B, free)
-        error = err_x + err_h
-        if self.training and self.loss_type == "l2":
-            denom = (3 + self.feature_dim) * int(torch.bincount(batch, minlength=B).max())
-            error, err_x = error / denom, err_x / denom
-            weight = torch.ones_like(error)
-        else:
-            weight = torch.exp(-(gamma_s - gamma_t)) - 1.0
-        loss_t = 0.5 * weight * error
-        loss_0 = -self.log_pxh_given_z0_without_constants(h, z_h, err_x, batch, B, free)
-        is_zero = (t_int == 0).to(pos.dtype)
-        loss_t = is_zero * loss_0 + (1 - is_zero) * loss_t
-        if not (self.training and self.loss_type == "l2"):
-            loss_t = T * loss_t
-        kl = self.kl_prior(pos, h, batch, B)
-        return LossOutput(loss=loss_t + kl, error_t=error, kl_prior=kl, t_int=t_int)
+        return losses.training_loss(self, mol, generator, t_int, noise, noise_align, fixed)
 
-    def _x0_loss(
-        self, mol: MolBatch, pos: torch.Tensor, h: torch.Tensor, z_pos: torch.Tensor, z_h: torch.Tensor,
-        t: torch.Tensor, gamma_t: torch.Tensor, t_int: torch.Tensor, generator: torch.Generator | None = None,
-        fixed: torch.Tensor | None = None,
-    ) -> LossOutput:
-        """``0.5 w(SNR_t) |x - x0_hat|^2 / ((3 + F) max_n)`` per molecule (EDM's normalisation)."""
-        B, batch = mol.num_graphs, mol.batch
-        free = None if fixed is None else (~fixed).to(pos.dtype)
-        sc = self._train_self_cond(z_pos, z_h, t, batch, mol.context, generator, fixed=fixed)
-        x0_pos, x0_h = self.predict_x0(z_pos, z_h, t, batch, mol.context, self_cond=sc, fixed=fixed)
-        err = _atom_sum(((pos - x0_pos) ** 2).sum(1) + ((h - x0_h) ** 2).sum(1), batch, B, free)
-        weight = self.weighting.x0_weight(torch.exp(-gamma_t))
-        denom = (3 + self.feature_dim) * int(torch.bincount(batch, minlength=B).max())
-        loss = 0.5 * weight * err / denom
-        zero = torch.zeros_like(loss)
-        return LossOutput(loss=loss, error_t=err, kl_prior=zero, t_int=t_int)
-
-    def _categorical_loss(
-        self, mol: MolBatch, pos: torch.Tensor, eps_pos: torch.Tensor, t: torch.Tensor, gamma_t: torch.Tensor,
-        t_int: torch.Tensor, generator: torch.Generator | None, fixed: torch.Tensor | None = None,
-    ) -> LossOutput:
-        """Positions as configured (EDM's ``eps`` L2 or the weighted ``x0`` error) + type cross-entropy."""
-        B, batch = mol.num_graphs, mol.batch
-        free = None if fixed is None else (~fixed).to(pos.dtype)
-        alpha, sigma = self._alpha_sigma_atoms(t, batch, gamma_t)
-        z_pos = alpha * pos + sigma * eps_pos
-        x0_types = mol.one_hot.to(pos.dtype)
-        x_t = self.type_process.q_sample(x0_types, t[batch], generator=generator).to(pos.dtype)
-        if fixed is not None:  # the fragment enters clean (the draws above are made all the same)
-            z_pos = self.place_fixed(z_pos, pos, fixed, batch, B)
-            x_t = torch.where(fixed.unsqueeze(1), x0_types, x_t)
-        h_t = x_t / self.norm_values[1]
-        bonds_t = pairs = x0_bonds = None
-        if self.has_bonds:
-            if mol.bond_index is None:
-                raise ValueError("a model with a bond channel needs training data with bonds (an SDF or SMILES "
-                                 "dataset, or QM9 after `moldiff data prepare`, which derives them)")
-            pairs = molecule_pairs(batch)
-            classes = pair_classes(pairs, mol.bond_index, mol.bond_type, batch.shape[0])
-            x0_bonds = torch.nn.functional.one_hot(classes, self.bond_process.num_classes).to(pos.dtype)
-            bonds_t = self.bond_process.q_sample(x0_bonds, t[batch[pairs[0]]], generator=generator).to(pos.dtype)
-            if fixed is not None:  # pairs among fixed atoms: their clean class
-                bonds_t = torch.where((fixed[pairs[0]] & fixed[pairs[1]]).unsqueeze(1), x0_bonds, bonds_t)
-        sc = self._train_self_cond(z_pos, h_t, t, batch, mol.context, generator, bonds_t, fixed)
-        out = self._net(z_pos, h_t, t, batch, mol.context, sc, bonds_t, fixed)
-        out_pos, logits = out[0], out[1]
-        max_n = int(torch.bincount(batch, minlength=B).max())
-        if self.weighting.on_eps:
-            eps_hat = self.parameterization.to_eps((out_pos, x_t), (z_pos, x_t), alpha, sigma)[0]
-            err = _atom_sum(((eps_pos - eps_hat) ** 2).sum(1), batch, B, free)
-            pos_loss = 0.5 * err / (3 * max_n)
-        else:
-            x0_hat = self.parameterization.to_x0((out_pos, x_t), (z_pos, x_t), alpha, sigma)[0]
-            err = _atom_sum(((pos - x0_hat) ** 2).sum(1), batch, B, free)
-            pos_loss = 0.5 * self.weighting.x0_weight(torch.exp(-gamma_t)) * err / max_n
-        ce = _atom_sum(self.type_process.loss(logits, x0_types, t[batch]), batch, B, free)
-        loss = pos_loss + self.type_loss_weight * ce / max_n
-        if self.has_bonds:
-            pair_mol = batch[pairs[0]]
-            free_pair = None if fixed is None else (~(fixed[pairs[0]] & fixed[pairs[1]])).to(loss.dtype)
-            bond_ce = _atom_sum(self.bond_process.loss(out[2], x0_bonds, t[pair_mol]), pair_mol, B, free_pair)
-            n_pairs = torch.bincount(pair_mol, minlength=B).clamp(min=1).to(loss.dtype)
-            loss = loss + self.bond_loss_weight * bond_ce / n_pairs
-        return LossOutput(loss=loss, error_t=err, kl_prior=torch.zeros_like(loss), t_int=t_int)
-
+    # ------------------------------------------------------------------ reverse process
     def reverse_types(
         self, x_t: torch.Tensor, logits: torch.Tensor, t: torch.Tensor, s: torch.Tensor, batch: torch.Tensor,
         generator: torch.Generator | None = None,
@@ -505,39 +334,6 @@ class EquivariantDiffusion(nn.Module):
         return self.bond_process.reverse_sample(b_t, logits, t[pair_mol], s[pair_mol],
                                                 generator=generator).to(logits.dtype)
 
-    @torch.no_grad()
-    def nll(self, mol: MolBatch, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Unbiased variational bound ``-log p(x, h | N)`` per molecule (two network calls).
-
-        Uses ``t ~ U{1..T}`` weighted by ``T (SNR(s) / SNR(t) - 1) / 2`` plus an exact ``L_0`` term,
-        the prior KL and the Gaussian constants (EDM's ``t0_always=True`` estimator). Add
-        ``-log p(N)`` for the full NLL.
-        """
-        pos, h = self.normalize(mol)
-        B, batch, T = mol.num_graphs, mol.batch, self.timesteps
-        if self.categorical_types:  # no bound for the mixed continuous/discrete model (yet)
-            return torch.full((B,), float("nan"), dtype=pos.dtype, device=pos.device)
-        dev = pos.device
-        t_int = torch.randint(1, T + 1, (B,), generator=generator).to(dev)
-        t, s = t_int.to(pos.dtype) / T, (t_int - 1).to(pos.dtype) / T
-        gamma_t, gamma_s = self.schedule.gamma(t), self.schedule.gamma(s)
-        eps_pos, eps_h = self.sample_noise(batch, B, pos.dtype, generator)
-        z_pos, z_h = self.q_sample(pos, h, gamma_t, batch, eps_pos, eps_h)
-        pred_pos, pred_h = self.denoise(z_pos, z_h, t, batch, mol.context)
-        err = scatter_sum(((eps_pos - pred_pos) ** 2).sum(1) + ((eps_h - pred_h) ** 2).sum(1), batch, B)
-        loss_t = T * 0.5 * (torch.exp(-(gamma_s - gamma_t)) - 1.0) * err
-        # exact L_0 term at t = 0
-        t0 = torch.zeros(B, dtype=pos.dtype, device=dev)
-        gamma_0 = self.schedule.gamma(t0)
-        eps_pos0, eps_h0 = self.sample_noise(batch, B, pos.dtype, generator)
-        z_pos0, z_h0 = self.q_sample(pos, h, gamma_0, batch, eps_pos0, eps_h0)
-        pred_pos0, _ = self.denoise(z_pos0, z_h0, t0, batch, mol.context)
-        err_x0 = scatter_sum(((eps_pos0 - pred_pos0) ** 2).sum(1), batch, B)
-        loss_0 = -self.log_pxh_given_z0_without_constants(h, z_h0, err_x0, batch, B)
-        neg_log_const = -self.log_constants_p_x_given_z0(batch, B, pos.dtype)
-        return loss_t + loss_0 + neg_log_const + self.kl_prior(pos, h, batch, B)
-
-    # ------------------------------------------------------------------ reverse process
     def p_zs_given_zt(
         self, z_pos: torch.Tensor, z_h: torch.Tensor, t: torch.Tensor, s: torch.Tensor, batch: torch.Tensor,
         num_graphs: int, context: torch.Tensor | None = None, noise: tuple[torch.Tensor, torch.Tensor] | None = None,
