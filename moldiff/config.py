@@ -116,6 +116,8 @@ class ModelConfig:
         fragment_input: the network reads one more per-atom input, 1 for fixed (fragment) atoms and 0
             otherwise (DiffLinker-style fragment conditioning; trained with ``train.fragment_prob``,
             used by ``moldiff sample --fix``).
+        heads: attention heads of ``kind: eqattn`` (``hidden_nf`` must be a multiple; unused by ``egnn``).
+        edge_nf: per-edge feature width of ``kind: eqattn`` (unused by ``egnn``).
     """
 
     kind: str = "egnn"
@@ -130,9 +132,13 @@ class ModelConfig:
     precision: str = "fp32"
     self_condition: bool = False
     fragment_input: bool = False
+    heads: int = 4
+    edge_nf: int = 16
 
     def __post_init__(self) -> None:
         _check_positive("model.hidden_nf", self.hidden_nf)
+        _check_positive("model.heads", self.heads, integer=True)
+        _check_positive("model.edge_nf", self.edge_nf, integer=True)
         _check_positive("model.n_layers", self.n_layers)
         _check_positive("model.coords_range", self.coords_range)
         _check_positive("model.normalization_factor", self.normalization_factor)

@@ -6,7 +6,7 @@
         [--eval-at 50000 100000] [--num-samples 500] [--config benchmarks/configs/speedrun_base.yaml]
     # training throughput of several recipes side by side (alternating rounds, one process)
     .venv/bin/python benchmarks/quality/speedrun.py throughput --variant eps= \\
-        --variant x0_snr=diffusion.parameterization=x0,diffusion.loss_weighting=snr_clamp
+        --variant x0_snr=diffusion.parameterization=x0,diffusion.loss_weighting=snr_clamp [--out FILE.json]
     # score a checkpoint of a longer run (e.g. the next shipped model's) as a row
     .venv/bin/python benchmarks/quality/speedrun.py evaluate --name qm9_v2 --checkpoint runs/qm9_v2/last.pt
     # table + plot of every row so far
@@ -251,7 +251,7 @@ def cmd_throughput(args: argparse.Namespace) -> None:
     row = {"kind": "throughput", "steps_per_round": args.steps, "rounds": args.rounds, **machine(),
            "mol_per_s": {k: sorted(v)[len(v) // 2] for k, v in results.items()},
            "mol_per_s_rounds": results, "variants": args.variant}
-    out = RESULTS / "speedrun_throughput_cpu.json"
+    out = Path(args.out) if args.out else RESULTS / "speedrun_throughput_cpu.json"
     out.write_text(json.dumps(row, indent=1) + "\n")
     for k, v in row["mol_per_s"].items():
         print(f"{k:<24} {v:8.1f} molecules/s (median of {args.rounds})")
@@ -352,6 +352,7 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--steps", type=int, default=20)
     t.add_argument("--rounds", type=int, default=3)
     t.add_argument("--threads", type=int, default=1)
+    t.add_argument("--out", help="JSON file of the row (default benchmarks/results/speedrun_throughput_cpu.json)")
     e = sub.add_parser("evaluate", help="score a checkpoint of a longer run as a row")
     e.add_argument("--name", required=True)
     e.add_argument("--checkpoint", required=True)

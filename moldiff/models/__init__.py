@@ -8,7 +8,7 @@ Adding a family: write one module here with a builder decorated ``@register_mode
 import it below, and select it with ``model: {kind: name}`` in a config.
 """
 
-from moldiff.models import egnn  # noqa: F401  (registers "egnn")
+from moldiff.models import egnn  # noqa: F401  (registers "egnn" and "eqattn")
 from moldiff.models.registry import MODEL_KINDS, ModelSpec, build_model, register_model
 
 __all__ = ["MODEL_KINDS", "ModelSpec", "build_model", "register_model"]

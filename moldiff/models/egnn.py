@@ -1,4 +1,4 @@
-"""The ``egnn`` family: EDM's EGNN denoiser inside the Gaussian process (with the options of ``diffusion``)."""
+"""The ``egnn`` and ``eqattn`` families: EDM's EGNN or an equivariant attention denoiser inside the Gaussian process."""
 
 from __future__ import annotations
 
@@ -18,8 +18,13 @@ BOND_CLASSES = 1 + len(BOND_ORDERS)
 
 
 @register_model("egnn")
+@register_model("eqattn")
 def build_egnn(config: ExperimentConfig, spec: ModelSpec) -> EquivariantDiffusion:
     """Wire an :class:`EquivariantDiffusion` around an :class:`EGNNDenoiser`.
+
+    ``model.kind`` names the denoiser's backbone: ``egnn`` (EDM's EGNN) or ``eqattn``
+    (:class:`moldiff.nn.attention.EquivariantAttention`, with ``model.heads`` and ``model.edge_nf``);
+    everything else is shared.
 
     A model trained with context dropout gets ``2 * context_nf`` context channels
     (:func:`moldiff.conditioning.context_width`); ``diffusion.atom_types: categorical`` adds a
@@ -34,6 +39,7 @@ def build_egnn(config: ExperimentConfig, spec: ModelSpec) -> EquivariantDiffusio
         norm_constant=m.norm_constant, normalization_factor=m.normalization_factor,
         node_projection=m.node_projection, precision=m.precision, self_condition=m.self_condition,
         bond_classes=BOND_CLASSES if d.bonds == "categorical" else 0, fragment_input=m.fragment_input,
+        backbone=m.kind, heads=m.heads, edge_nf=m.edge_nf,
     )
     schedule = NoiseSchedule(d.noise_schedule, d.timesteps, d.noise_precision)
     type_process = None

@@ -8,10 +8,13 @@ import torch
 from torch import nn
 
 from moldiff.geometry import molecule_pairs, pair_lookup, remove_mean
+from moldiff.nn.attention import EquivariantAttention
 from moldiff.nn.egnn import EGNN, no_autocast
 
 #: Precision modes of :class:`EGNNDenoiser` -> autocast dtype (``None``: no autocast).
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
+#: Backbones of :class:`EGNNDenoiser`; the name is also the attribute (``state_dict`` prefix) of the network.
+BACKBONES = ("egnn", "eqattn")
 
 
 def fully_connected_edges(batch: torch.Tensor) -> torch.Tensor:
@@ -78,6 +81,11 @@ class EGNNDenoiser(nn.Module):
             flag is the last node input column (after the self-conditioning features), so a network
             grown from one without it by zero-padding (:func:`moldiff.checkpoint.grow_state_dict`)
             computes exactly the source network; it is sliced off the output like ``t``.
+        backbone: ``"egnn"`` (:class:`moldiff.nn.egnn.EGNN`, stored as ``self.egnn``) or ``"eqattn"``
+            (:class:`moldiff.nn.attention.EquivariantAttention`, stored as ``self.eqattn``; it ignores
+            ``attention`` and ``node_projection``). Everything else (inputs, self-conditioning, bonds,
+            fragment flag, precision, outputs) is shared.
+        heads, edge_nf: attention heads and per-edge feature width of the ``"eqattn"`` backbone.
 
     Shapes:
         pos ``[N, 3]``, h ``[N, in_node_nf]``, t ``[B]`` or ``[B, 1]``, batch ``[N]``,
@@ -89,8 +97,12 @@ class EGNNDenoiser(nn.Module):
         attention: bool = True, tanh: bool = True, coords_range: float = 15.0, norm_constant: float = 1.0,
         normalization_factor: float = 1.0, node_projection: bool = True, precision: str = "fp32",
         self_condition: bool = False, bond_classes: int = 0, fragment_input: bool = False,
+        backbone: str = "egnn", heads: int = 4, edge_nf: int = 16,
     ) -> None:
         super().__init__()
+        if backbone not in BACKBONES:
+            raise ValueError(f"backbone must be one of {list(BACKBONES)}, got {backbone!r}")
+        self.backbone = backbone
         self.in_node_nf = in_node_nf
         self.context_nf = context_nf
         self.precision = precision
@@ -98,10 +110,17 @@ class EGNNDenoiser(nn.Module):
         self.bond_classes = int(bond_classes)
         self.fragment_input = bool(fragment_input)
         in_nf = in_node_nf + 1 + context_nf + (in_node_nf if self_condition else 0) + int(self.fragment_input)
-        self.egnn = EGNN(
-            in_nf, hidden_nf, n_layers, attention, tanh, coords_range, norm_constant, normalization_factor,
-            node_projection, extra_edge_nf=(1 if self_condition else 0) + self.bond_classes,
-        )
+        extra_edge_nf = (1 if self_condition else 0) + self.bond_classes
+        if backbone == "egnn":
+            self.egnn = EGNN(
+                in_nf, hidden_nf, n_layers, attention, tanh, coords_range, norm_constant, normalization_factor,
+                node_projection, extra_edge_nf=extra_edge_nf,
+            )
+        else:
+            self.eqattn = EquivariantAttention(
+                in_nf, hidden_nf, n_layers, heads, edge_nf, tanh, coords_range, norm_constant,
+                normalization_factor, extra_edge_nf=extra_edge_nf,
+            )
         self.bond_head = None
         if self.bond_classes:
             self.bond_head = nn.Sequential(
@@ -121,8 +140,8 @@ class EGNNDenoiser(nn.Module):
         self._precision = value
 
     def extra_repr(self) -> str:
-        """Show the precision mode in ``repr``."""
-        return f"precision={self.precision!r}"
+        """Show the precision mode (and a backbone other than the EGNN) in ``repr``."""
+        return f"precision={self.precision!r}" + ("" if self.backbone == "egnn" else f", backbone={self.backbone!r}")
 
     def forward(
         self, pos: torch.Tensor, h: torch.Tensor, t: torch.Tensor, batch: torch.Tensor,
@@ -161,8 +180,12 @@ class EGNNDenoiser(nn.Module):
             edge_extra = edge_bonds if edge_extra is None else torch.cat([edge_extra, edge_bonds], dim=1)
         amp_dtype = PRECISIONS[self.precision]
         with contextlib.nullcontext() if amp_dtype is None else torch.autocast(pos.device.type, dtype=amp_dtype):
-            h_out, pos_out, hidden = self.egnn(torch.cat(feats, dim=1), pos, edge_index, edge_extra,
-                                               return_hidden=True)
+            if self.backbone == "egnn":
+                h_out, pos_out, hidden = self.egnn(torch.cat(feats, dim=1), pos, edge_index, edge_extra,
+                                                   return_hidden=True)
+            else:
+                h_out, pos_out, hidden = self.eqattn(torch.cat(feats, dim=1), pos, edge_index, edge_extra,
+                                                     return_hidden=True, batch=batch)
             bond_logits = None
             if self.bond_head is not None:
                 i, j = pairs
