@@ -48,7 +48,9 @@ def segment_softmax(logits: torch.Tensor, index: torch.Tensor, num: int) -> torc
     """Softmax of ``logits [E, H]`` over the rows that share ``index [E]`` (one group per receiver).
 
     Computed in at least float32; the per-group maximum is subtracted (and not differentiated,
-    the result does not depend on it).
+    the result does not depend on it). This is ``torch_geometric.utils.softmax`` written with
+    torch's own scatter ops, for the reason given in :func:`moldiff.geometry.scatter_sum` (importing
+    ``torch_geometric`` pulls in ``torch._dynamo`` and slows every ``moldiff`` start-up).
 
     >>> segment_softmax(torch.tensor([[0.0], [0.0], [5.0]]), torch.tensor([0, 0, 1]), 2).flatten().tolist()
     [0.5, 0.5, 1.0]
