@@ -212,3 +212,18 @@ def test_qm9_frag_config_is_qm9_v2_plus_the_flag():
     assert (t["ema_warmup"], t["ema_decay"], t["compile"], t["num_threads"], t["checkpoint_every_steps"]) \
         == (False, 0.999, True, 1, 250)
     assert (t["eval_every_steps"], t["n_eval_samples"], t["val_molecules"]) == (1000000, 0, 500)
+
+
+def test_drugs_frag_config_is_the_drugs_model_plus_the_flag():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "benchmarks" / "configs"
+    frag = ExperimentConfig.load_yaml(root / "drugs_frag.yaml").to_dict()
+    drugs = ExperimentConfig.load_yaml(root / "drugs.yaml").to_dict()
+    assert frag["model"].pop("fragment_input") is True and drugs["model"].pop("fragment_input") is False
+    assert frag["model"] == drugs["model"] and frag["diffusion"] == drugs["diffusion"] and frag["data"] == drugs["data"]
+    assert frag["diffusion"]["bonds"] == "categorical"
+    t = frag["train"]
+    assert (t["fragment_prob"], t["fragment_free"], t["lr_schedule"], t["lr_decay_steps"], t["max_steps"]) \
+        == (0.5, [2, 8], "linear", 2000, 8000)
+    assert (t["ema_warmup"], t["checkpoint_every_steps"]) == (False, 250)
