@@ -8,7 +8,8 @@ Sections (add new fixtures to the matching section, or start a new one at the en
 2. Precision and devices: ``float64`` (default dtype switched for the test), ``dtype`` and ``device``
    parametrized fixtures (cuda is marked ``gpu`` and skipped when absent).
 3. Tiny synthetic molecules: :func:`make_mol_batch` (exposed as the ``make_batch`` fixture) builds a
-   sparse :class:`moldiff.types.MolBatch` with QM9-like atom types; ``mol_batch`` is a ready one.
+   sparse :class:`moldiff.types.MolBatch` with QM9-like atom types; ``mol_batch`` is a ready one;
+   ``make_bond_batch`` (:func:`make_bond_chain_batch`) adds a chain of bonds for bond-channel models.
 4. Tiny models: ``make_denoiser`` / ``make_process`` factories (hidden 16, 1 layer by default) so
    that tests stay fast on a 2-core CPU.
 
@@ -34,6 +35,7 @@ import torch
 
 from moldiff.diffusion.process import EquivariantDiffusion
 from moldiff.diffusion.schedules import NoiseSchedule
+from moldiff.geometry import remove_mean
 from moldiff.nn.denoiser import EGNNDenoiser
 from moldiff.types import MolBatch
 
@@ -143,6 +145,34 @@ def make_mol_batch(
 def make_batch() -> Callable[..., MolBatch]:
     """Factory fixture: :func:`make_mol_batch`."""
     return make_mol_batch
+
+
+def make_bond_chain_batch(sizes: Sequence[int] = (4, 3, 5), *, num_classes: int = 4, seed: int = 0) -> MolBatch:
+    """Random zero-CoM molecules whose bonds form a chain 0-1-2-... (single, then double, alternating).
+
+    For models with a categorical bond channel (``MolBatch.bond_index`` / ``bond_type``); types are
+    uniform over ``num_classes``, there is no charge channel, and positions have std 1.5 Å.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    counts = torch.tensor(list(sizes))
+    batch = torch.repeat_interleave(torch.arange(len(sizes)), counts)
+    n = int(counts.sum())
+    pos = remove_mean(1.5 * torch.randn(n, 3, generator=gen), batch, len(sizes))
+    one_hot = torch.nn.functional.one_hot(torch.randint(0, num_classes, (n,), generator=gen), num_classes).float()
+    first = (torch.cumsum(counts, 0) - counts).tolist()
+    idx, codes = [], []
+    for f, m in zip(first, sizes, strict=True):
+        for i in range(m - 1):
+            idx.append((f + i, f + i + 1))
+            codes.append(1 + i % 2)
+    return MolBatch(pos=pos, one_hot=one_hot, atomic_numbers=torch.zeros(n, 0), batch=batch, num_graphs=len(sizes),
+                    bond_index=torch.tensor(idx).t(), bond_type=torch.tensor(codes))
+
+
+@pytest.fixture
+def make_bond_batch() -> Callable[..., MolBatch]:
+    """Factory fixture: :func:`make_bond_chain_batch`."""
+    return make_bond_chain_batch
 
 
 @pytest.fixture

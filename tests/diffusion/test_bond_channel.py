@@ -112,24 +112,6 @@ def test_the_bond_input_changes_the_output(bond_net):
 
 
 # ---------------------------------------------------------------------------------------------- process
-def _bond_batch(sizes=(4, 3, 5), seed=0) -> MolBatch:
-    """Random molecules whose bonds form a chain 0-1-2-... (single, then double, alternating)."""
-    gen = torch.Generator().manual_seed(seed)
-    counts = torch.tensor(sizes)
-    batch = torch.repeat_interleave(torch.arange(len(sizes)), counts)
-    n = int(counts.sum())
-    pos = remove_mean(1.5 * torch.randn(n, 3, generator=gen), batch, len(sizes))
-    one_hot = torch.nn.functional.one_hot(torch.randint(0, K, (n,), generator=gen), K).float()
-    first = torch.cumsum(counts, 0) - counts
-    idx, codes = [], []
-    for f, m in zip(first.tolist(), sizes, strict=True):
-        for i in range(m - 1):
-            idx.append((f + i, f + i + 1))
-            codes.append(1 + i % 2)
-    return MolBatch(pos=pos, one_hot=one_hot, atomic_numbers=torch.zeros(n, 0), batch=batch, num_graphs=len(sizes),
-                    bond_index=torch.tensor(idx).t(), bond_type=torch.tensor(codes))
-
-
 def _bond_process(hidden=16, layers=2, seed=0):
     torch.manual_seed(seed)
     cfg = ExperimentConfig.from_dict({"model": {"hidden_nf": hidden, "n_layers": layers}, "diffusion": BOND_CFG})
@@ -143,10 +125,10 @@ def test_config_checks():
         ExperimentConfig.from_dict({"diffusion": {"bonds": "yes"}})
 
 
-def test_loss_needs_bonds_in_the_data_and_trains():
+def test_loss_needs_bonds_in_the_data_and_trains(make_bond_batch):
     proc, _ = _bond_process()
     assert proc.has_bonds and proc.denoiser.bond_classes == BOND_CLASSES
-    mol = _bond_batch()
+    mol = make_bond_batch()
     out = proc.loss(mol, generator=torch.Generator().manual_seed(0))
     assert out.loss.shape == (3,) and torch.isfinite(out.loss).all()
     out.loss.mean().backward()
@@ -157,10 +139,10 @@ def test_loss_needs_bonds_in_the_data_and_trains():
         proc.loss(bare)
 
 
-def test_tiny_model_learns_the_bonds(fit_batch):
+def test_tiny_model_learns_the_bonds(fit_batch, make_bond_batch):
     """Overfit one batch: the bond cross-entropy at low noise falls far below its starting value."""
     proc, _ = _bond_process(hidden=32)
-    mol = _bond_batch((4, 5))
+    mol = make_bond_batch((4, 5))
     pos, _ = proc.normalize(mol)
     pairs = molecule_pairs(mol.batch)
     target = pair_classes(pairs, mol.bond_index, mol.bond_type, pos.shape[0])

@@ -16,7 +16,6 @@ from moldiff.models import build_model
 from moldiff.models.egnn import BOND_CLASSES
 from moldiff.nn.attention import DenseLayout, EquivariantAttention, segment_softmax
 from moldiff.nn.denoiser import EGNNDenoiser, fully_connected_edges
-from moldiff.types import MolBatch
 
 TOL = 1e-9
 K = 4  # atom types of the toy molecules
@@ -209,20 +208,7 @@ def test_state_dict_prefixes_and_unknown_backbone():
 
 
 # ---------------------------------------------------------------------------------------------- config / registry
-def _bond_batch(sizes=(4, 3), seed=0) -> MolBatch:
-    gen = torch.Generator().manual_seed(seed)
-    counts = torch.tensor(sizes)
-    batch = torch.repeat_interleave(torch.arange(len(sizes)), counts)
-    n = int(counts.sum())
-    pos = remove_mean(1.5 * torch.randn(n, 3, generator=gen), batch, len(sizes))
-    one_hot = torch.nn.functional.one_hot(torch.randint(0, K, (n,), generator=gen), K).float()
-    first = (torch.cumsum(counts, 0) - counts).tolist()
-    idx = [(f + i, f + i + 1) for f, m in zip(first, sizes, strict=True) for i in range(m - 1)]
-    return MolBatch(pos=pos, one_hot=one_hot, atomic_numbers=torch.zeros(n, 0), batch=batch, num_graphs=len(sizes),
-                    bond_index=torch.tensor(idx).t(), bond_type=torch.ones(len(idx), dtype=torch.long))
-
-
-def test_build_model_eqattn_with_bonds_self_conditioning_and_fragments():
+def test_build_model_eqattn_with_bonds_self_conditioning_and_fragments(make_bond_batch):
     cfg = ExperimentConfig.from_dict({
         "model": {"kind": "eqattn", "hidden_nf": 16, "n_layers": 2, "heads": 4, "edge_nf": 8,
                   "self_condition": True, "fragment_input": True},
@@ -233,7 +219,7 @@ def test_build_model_eqattn_with_bonds_self_conditioning_and_fragments():
     net = proc.denoiser
     assert net.backbone == "eqattn" and net.bond_classes == BOND_CLASSES and net.self_condition
     assert net.eqattn.layers[0].heads == 4 and net.eqattn.layers[0].edge.out_features == 8
-    out = proc.loss(_bond_batch(), generator=torch.Generator().manual_seed(0))
+    out = proc.loss(make_bond_batch((4, 3)), generator=torch.Generator().manual_seed(0))
     assert torch.isfinite(out.loss).all()
     out.loss.mean().backward()
     assert net.eqattn.embedding.weight.grad.abs().sum() > 0 and net.bond_head[0].weight.grad.abs().sum() > 0
