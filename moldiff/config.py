@@ -29,6 +29,8 @@ def _check_positive(name: str, value: float, allow_zero: bool = False, integer: 
     if isinstance(value, bool) or not isinstance(value, ok_type):
         kind = "an integer" if integer else "a number"
         raise ValueError(f"{name} must be {kind}, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
     if (value < 0) if allow_zero else (value <= 0):
         raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
 
@@ -118,6 +120,8 @@ class ModelConfig:
             used by ``moldiff sample --fix``).
         heads: attention heads of ``kind: eqattn`` (``hidden_nf`` must be a multiple; unused by ``egnn``).
         edge_nf: per-edge feature width of ``kind: eqattn`` (unused by ``egnn``).
+        rbf_cutoff: last centre (Å) of ``kind: eqattn``'s radial basis of distances; 10 Å covers QM9,
+            drug-sized molecules span up to ~20 Å (unused by ``egnn``).
     """
 
     kind: str = "egnn"
@@ -134,11 +138,13 @@ class ModelConfig:
     fragment_input: bool = False
     heads: int = 4
     edge_nf: int = 16
+    rbf_cutoff: float = 10.0
 
     def __post_init__(self) -> None:
         _check_positive("model.hidden_nf", self.hidden_nf)
         _check_positive("model.heads", self.heads, integer=True)
         _check_positive("model.edge_nf", self.edge_nf, integer=True)
+        _check_positive("model.rbf_cutoff", self.rbf_cutoff)
         _check_positive("model.n_layers", self.n_layers)
         _check_positive("model.coords_range", self.coords_range)
         _check_positive("model.normalization_factor", self.normalization_factor)

@@ -17,7 +17,8 @@ against a :class:`DrugReference` (:func:`load_reference`: ``"moses"`` or a datas
   SNN, Frag, Scaf, IntDiv1/2.
 * **Distributions** of QED, SA score, logP, molecular weight, ring count and ring sizes against the
   reference data: means and 1-D Wasserstein distances (plot: :func:`plot_distributions`).
-* **PoseBusters** ``mol_fast`` pass rate (over all molecules; invalid ones fail) and **MMFF strain**:
+* **PoseBusters** ``mol_fast`` pass rate (over all molecules; invalid ones fail), the fraction of valid
+  molecules failing each check, and **MMFF strain**:
   MMFF94 energy of the given conformer minus that of the local minimum reached by relaxing it
   (kcal/mol, median over molecules MMFF can type).
 
@@ -295,6 +296,7 @@ def benchmark_molecules(records: Sequence[Any], reference: DrugReference, posebu
         if posebusters:
             for row, res in zip(rows, geometry.check_posebusters(prim), strict=True):
                 row["pb_pass"] = bool(res["results"].get("pb_pass", False))
+                row.update({c: res["results"].get(c) for c in geometry.POSEBUSTERS_COLUMNS})
         if strain:
             for row, mol in zip(rows, prim, strict=True):
                 res = geometry.check_strain(mol)["results"] if mol is not None else None
@@ -352,6 +354,11 @@ def summarize_drugs(table: pd.DataFrame, reference: DrugReference,
     if "pb_pass" in table:
         s["posebusters_pass"] = _frac(table, "pb_pass")
         s["posebusters_pass_valid"] = _frac(table, "pb_pass", table["valid"].astype(bool)) if n else float("nan")
+        # Which checks the valid molecules fail (a molecule can fail several): where to improve.
+        valid = table["valid"].astype(bool)
+        for c in geometry.POSEBUSTERS_COLUMNS:
+            if c in table and n and valid.any():
+                s[f"posebusters_fail_{c[3:]}"] = float((table.loc[valid, c] == False).mean())  # noqa: E712
     if "strain" in table:
         strain = table["strain"].to_numpy(dtype=np.float64)
         ok = np.isfinite(strain)
@@ -394,6 +401,8 @@ SUMMARY_LABELS: dict[str, tuple[str, str]] = {
     "w1_ring_size": ("W1 ring size", "f3"),
     "posebusters_pass": ("PoseBusters mol checks passed", "%"),
     "posebusters_pass_valid": ("PoseBusters passed (of valid)", "%"),
+    **{f"posebusters_fail_{c[3:]}": (f"  fails {c[3:].replace('_', ' ')} (of valid)", "%")
+       for c in geometry.POSEBUSTERS_COLUMNS},
     "median_strain": ("median MMFF strain (kcal/mol)", "f2"),
     "median_strain_restrained": ("median MMFF strain, restrained", "f2"),
     "strain_typed": ("MMFF-typed molecules", "%"),

@@ -39,7 +39,7 @@ def build_egnn(config: ExperimentConfig, spec: ModelSpec) -> EquivariantDiffusio
         norm_constant=m.norm_constant, normalization_factor=m.normalization_factor,
         node_projection=m.node_projection, precision=m.precision, self_condition=m.self_condition,
         bond_classes=BOND_CLASSES if d.bonds == "categorical" else 0, fragment_input=m.fragment_input,
-        backbone=m.kind, heads=m.heads, edge_nf=m.edge_nf,
+        backbone=m.kind, heads=m.heads, edge_nf=m.edge_nf, rbf_cutoff=m.rbf_cutoff,
     )
     schedule = NoiseSchedule(d.noise_schedule, d.timesteps, d.noise_precision)
     type_process = None

@@ -86,6 +86,7 @@ class EGNNDenoiser(nn.Module):
             ``attention`` and ``node_projection``). Everything else (inputs, self-conditioning, bonds,
             fragment flag, precision, outputs) is shared.
         heads, edge_nf: attention heads and per-edge feature width of the ``"eqattn"`` backbone.
+        rbf_cutoff: last radial-basis centre of the ``"eqattn"`` backbone (Å).
 
     Shapes:
         pos ``[N, 3]``, h ``[N, in_node_nf]``, t ``[B]`` or ``[B, 1]``, batch ``[N]``,
@@ -97,7 +98,7 @@ class EGNNDenoiser(nn.Module):
         attention: bool = True, tanh: bool = True, coords_range: float = 15.0, norm_constant: float = 1.0,
         normalization_factor: float = 1.0, node_projection: bool = True, precision: str = "fp32",
         self_condition: bool = False, bond_classes: int = 0, fragment_input: bool = False,
-        backbone: str = "egnn", heads: int = 4, edge_nf: int = 16,
+        backbone: str = "egnn", heads: int = 4, edge_nf: int = 16, rbf_cutoff: float = 10.0,
     ) -> None:
         super().__init__()
         if backbone not in BACKBONES:
@@ -119,7 +120,7 @@ class EGNNDenoiser(nn.Module):
         else:
             self.eqattn = EquivariantAttention(
                 in_nf, hidden_nf, n_layers, heads, edge_nf, tanh, coords_range, norm_constant,
-                normalization_factor, extra_edge_nf=extra_edge_nf,
+                normalization_factor, extra_edge_nf=extra_edge_nf, rbf_cutoff=rbf_cutoff,
             )
         self.bond_head = None
         if self.bond_classes:

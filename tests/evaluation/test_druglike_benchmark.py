@@ -68,6 +68,28 @@ def test_benchmark_molecules_with_own_bonds(tmp_path, data_dir):
     assert png.stat().st_size > 1000
 
 
+def test_posebusters_failures_by_check(tmp_path, data_dir):
+    """The summary says which PoseBusters checks the valid molecules fail: a stretched molecule fails
+    the bond-length check (and so the pass rate), the relaxed one fails nothing."""
+    path = _sdf(tmp_path / "g.sdf", SMILES[:2])
+    mols = [m for m in Chem.SDMolSupplier(str(path), removeHs=False)]
+    conf = mols[1].GetConformer()
+    for i in range(mols[1].GetNumAtoms()):
+        conf.SetAtomPosition(i, conf.GetAtomPosition(i) * 1.35)
+    writer = Chem.SDWriter(str(path))
+    for m in mols:
+        writer.write(m)
+    writer.close()
+    ref = db.load_reference("tiny", data_dir, n_test=40, seed=1)
+    table, s = db.benchmark_molecules(read_molecules(path), ref, strain=False)
+    assert list(table["pb_bond_lengths"]) == [True, False]
+    assert s["validity"] == 1.0 and s["posebusters_pass"] == pytest.approx(0.5)
+    assert s["posebusters_fail_bond_lengths"] == pytest.approx(0.5)
+    assert s["posebusters_fail_sanitization"] == 0.0 and s["posebusters_fail_all_atoms_connected"] == 0.0
+    assert {f"posebusters_fail_{c[3:]}" for c in db.geometry.POSEBUSTERS_COLUMNS} <= set(s)
+    assert "fails bond lengths (of valid)" in db.format_drug_summary(s)
+
+
 def test_evaluate_reference_dataset_cli(tmp_path, data_dir, capsys):
     out = tmp_path / "s.json"
     rc = main(["evaluate", str(_sdf(tmp_path / "g.sdf")), "--reference", "tiny", "--reference-size", "40",

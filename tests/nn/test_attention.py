@@ -250,7 +250,19 @@ def test_checkpoint_round_trip_and_sampling(tmp_path):
     assert len(samples) == 3 and all(np.isfinite(pos).all() for _, pos, _ in samples)
 
 
-@pytest.mark.parametrize("bad", [{"heads": 0}, {"edge_nf": -1}, {"heads": 2.5}, {"edge_nf": True}])
+def test_rbf_cutoff_reaches_every_layer():
+    """``model.rbf_cutoff`` (drug-sized molecules span ~20 Å) sets the last radial centre everywhere."""
+    cfg = ExperimentConfig.from_dict({"model": {"kind": "eqattn", "hidden_nf": 16, "n_layers": 2, "rbf_cutoff": 20.0}})
+    net = build_model(cfg, K).denoiser.eqattn
+    assert float(net.rbf.centers[-1]) == 20.0
+    assert all(float(layer.rbf.centers[-1]) == 20.0 for layer in net.layers)
+    assert ExperimentConfig.from_dict(cfg.to_dict()).model.rbf_cutoff == 20.0
+    default = build_model(ExperimentConfig.from_dict({"model": {"kind": "eqattn", "hidden_nf": 16, "n_layers": 1}}), K)
+    assert float(default.denoiser.eqattn.rbf.centers[-1]) == 10.0
+
+
+@pytest.mark.parametrize("bad", [{"heads": 0}, {"edge_nf": -1}, {"heads": 2.5}, {"edge_nf": True},
+                                 {"rbf_cutoff": 0.0}, {"rbf_cutoff": float("nan")}, {"rbf_cutoff": float("inf")}])
 def test_config_checks(bad):
     with pytest.raises(ValueError, match="model."):
         ExperimentConfig.from_dict({"model": bad})
