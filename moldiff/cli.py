@@ -324,6 +324,10 @@ def _add_sample_parser(sub: argparse._SubParsersAction) -> None:
                    help="heavy-atom models with a bond channel (e.g. drugs): write the heavy atoms only, instead of "
                         "adding hydrogens with RDKit at positions it computes (the model's own output is "
                         "heavy atoms and bonds; the printed metrics are always of the model's own output)")
+    p.add_argument("--hydrogen-placement", choices=("mmff", "rdkit"), default="mmff",
+                   help="heavy-atom models: where the added hydrogens go: mmff (default; RDKit's positions, then "
+                        "an MMFF94 minimisation of the hydrogens alone, heavy atoms fixed) or rdkit (RDKit's "
+                        "computed positions only)")
     p.add_argument("--relax", choices=("mmff", "xtb"), default=None,
                    help="relax the written molecules (mmff or GFN2-xTB); the model's own metrics are printed "
                         "before relaxation, the relaxed ones separately and labelled")
@@ -432,7 +436,8 @@ def _sample_to_file(args: argparse.Namespace, model: MolDiff, fmt: str, target: 
                     molecules.extend(_sampled_records(batch))
                 if model.has_bonds:  # the model's bonds (+ RDKit's hydrogens for heavy-atom models)
                     add_h = args.add_hydrogens and model.adds_hydrogens
-                    mols = [to_rdkit(sym, pos, b, add_hydrogens=add_h) for sym, pos, b in batch]
+                    mols = [to_rdkit(sym, pos, b, add_hydrogens=add_h, hydrogen_placement=args.hydrogen_placement)
+                            for sym, pos, b in batch]
                     if args.relax:
                         mols = _relax_mols(mols, args.relax, relaxed)
                     write([_symbols_pos(m) for m in mols] if fmt == "xyz" else mols)
@@ -559,7 +564,8 @@ def _write_inpainted_bonds(args: argparse.Namespace, model: MolDiff, fmt: str, m
 
     triples = [(sym, pos, b) for (sym, pos), b in zip(mols, out.split_bonds(), strict=True)]
     add_h = args.add_hydrogens and model.adds_hydrogens
-    rd = [to_rdkit(sym, pos, b, add_hydrogens=add_h) for sym, pos, b in triples]  # hydrogens go after the atoms
+    rd = [to_rdkit(sym, pos, b, add_hydrogens=add_h, hydrogen_placement=args.hydrogen_placement)
+          for sym, pos, b in triples]  # hydrogens go after the atoms
     relaxed: list = []  # ((symbols, pos), RelaxResult) after --relax
     if args.relax:
         rd = _relax_mols(rd, args.relax, relaxed, fixed_atoms=list(range(m)))

@@ -227,15 +227,16 @@ class MolDiff:
         return [m for _, batch in self.iter_samples(num, steps=steps, seed=seed, **kwargs) for m in batch]
 
     def sample(self, num: int, steps: int | None = None, seed: int | None = 0, add_hydrogens: bool | None = None,
-               **kwargs: Any) -> list:
+               hydrogen_placement: str = "mmff", **kwargs: Any) -> list:
         """Sample ``num`` molecules as RDKit ``Mol`` objects with 3D conformers.
 
         Bonds are the model's own for a model with a bond channel (:attr:`has_bonds`), else inferred
         with EDM's distance tables. ``add_hydrogens`` (default: :attr:`adds_hydrogens`) completes a
-        heavy-atom model's molecules with RDKit's hydrogens and their computed positions.
+        heavy-atom model's molecules with RDKit's hydrogens, placed as ``hydrogen_placement`` says
+        (:func:`to_rdkit`).
         """
         add_h = self.adds_hydrogens if add_hydrogens is None else bool(add_hydrogens)
-        return [to_rdkit(*m, add_hydrogens=add_h) for _, batch in self.iter_samples(
+        return [to_rdkit(*m, add_hydrogens=add_h, hydrogen_placement=hydrogen_placement) for _, batch in self.iter_samples(
             num, steps=steps, seed=seed, with_bonds=True, **kwargs) for m in batch]
 
     @property
@@ -253,16 +254,26 @@ def _bonds_or_none(out: Any) -> list:
     return out.split_bonds() if out.has_bonds else [None] * out.num_graphs
 
 
+#: How added hydrogens are placed: ``"mmff"`` (RDKit's positions, then an MMFF94 minimisation of the
+#: hydrogens alone, heavy atoms fixed: :func:`moldiff.relax.optimize_hydrogens`) or ``"rdkit"``
+#: (``Chem.AddHs(addCoords=True)`` only).
+HYDROGEN_PLACEMENTS: tuple[str, ...] = ("mmff", "rdkit")
+
+
 def to_rdkit(symbols: list[str], pos: np.ndarray, bonds: list[tuple[int, int, int]] | None = None,
-             add_hydrogens: bool = False) -> Any:
+             add_hydrogens: bool = False, hydrogen_placement: str = "mmff") -> Any:
     """RDKit ``Mol`` with a 3D conformer.
 
     With ``bonds`` (``(i, j, code)``, a bond-channel model's own) the molecule has exactly those bonds
     (:func:`moldiff.io.bonded_mol`, sanitised when RDKit accepts it); without, bonds are inferred with
     EDM's distance tables (unsanitised). ``add_hydrogens`` (with ``bonds``): add the implicit
-    hydrogens of a sanitised molecule as atoms, placed by RDKit (``Chem.AddHs(addCoords=True)``);
-    a molecule RDKit cannot sanitise is returned without them.
+    hydrogens of a sanitised molecule as atoms, placed by RDKit (``Chem.AddHs(addCoords=True)``)
+    and, with ``hydrogen_placement="mmff"`` (default), moved to their MMFF94 minimum against the
+    fixed heavy atoms (see :data:`HYDROGEN_PLACEMENTS`); the heavy atoms keep the model's
+    coordinates exactly. A molecule RDKit cannot sanitise is returned without hydrogens.
     """
+    if hydrogen_placement not in HYDROGEN_PLACEMENTS:
+        raise ValueError(f"hydrogen_placement must be one of {list(HYDROGEN_PLACEMENTS)}, got {hydrogen_placement!r}")
     if bonds is not None:
         from moldiff.io import bonded_mol
 
@@ -277,6 +288,11 @@ def to_rdkit(symbols: list[str], pos: np.ndarray, bonds: list[tuple[int, int, in
                 except Exception:  # noqa: BLE001 - invalid valences: no hydrogens to add
                     return mol
             mol = Chem.AddHs(mol, addCoords=True)
+            if hydrogen_placement == "mmff":
+                from moldiff.relax import optimize_hydrogens
+
+                with BlockLogs():
+                    optimize_hydrogens(mol)
         return mol
     from moldiff.evaluation.build import add_conformer, build_edm_mol
     from moldiff.evaluation.stability import bond_order_matrix

@@ -280,6 +280,41 @@ def _relax_xtb(mol: Any, pos0: np.ndarray, method: str, fixed: list[int], iters:
                        rmsd=_rmsd(pos0, pos1))
 
 
+def optimize_hydrogens(mol: Any, max_iters: int = 500) -> bool:
+    """Move only the hydrogens of ``mol`` (in place) to their MMFF94 minimum, heavy atoms fixed.
+
+    For heavy-atom models (``drugs``), whose hydrogens RDKit adds afterwards: ``Chem.AddHs(addCoords=
+    True)`` places each hydrogen from its own atom's neighbours only, so e.g. a terminal ``=CH2``
+    can come out twisted out of its double bond's plane (PoseBusters' double-bond flatness check).
+    Minimising the hydrogens against the fixed heavy atoms puts them where the force field wants
+    them without touching anything the model generated (heavy-atom coordinates are restored
+    bit-exactly).
+
+    Returns whether the hydrogens were optimised (``False``: no hydrogens, or MMFF94 cannot type the
+    molecule; it is then left as it was).
+    """
+    from rdkit.Chem import AllChem
+
+    heavy = [a.GetIdx() for a in mol.GetAtoms() if a.GetAtomicNum() > 1]
+    if len(heavy) == mol.GetNumAtoms() or not AllChem.MMFFHasAllMoleculeParams(mol):
+        return False
+    props = AllChem.MMFFGetMoleculeProperties(mol)
+    ff = AllChem.MMFFGetMoleculeForceField(mol, props, ignoreInterfragInteractions=False)
+    if ff is None:
+        return False
+    pos0 = mol.GetConformer().GetPositions()
+    for i in heavy:
+        ff.AddFixedPoint(i)
+    ff.Initialize()
+    ff.Minimize(maxIts=max_iters)
+    pos1 = np.asarray(ff.Positions(), dtype=np.float64).reshape(-1, 3)
+    if not np.isfinite(pos1).all():
+        return False
+    pos1[heavy] = pos0[heavy]
+    _set_positions(mol, pos1)
+    return True
+
+
 def summarize_relaxation(results: Sequence[RelaxResult]) -> dict[str, Any]:
     """Counts and energy changes of a relaxation run (kcal/mol), for printing and JSON."""
     ok = [r for r in results if r.ok]

@@ -213,6 +213,38 @@ def test_to_rdkit_keeps_the_given_bonds_and_adds_hydrogens():
     np.testing.assert_allclose(with_h.GetConformer().GetPositions()[:3], pos)
     bad = to_rdkit(["C", "O"], pos[:2], [(0, 1, 3)], add_hydrogens=True)  # C#O: invalid valence, left as is
     assert bad.GetNumAtoms() == 2
+    with pytest.raises(ValueError, match="hydrogen_placement must be one of"):
+        to_rdkit(["C", "C", "O"], pos, [(0, 1, 1), (1, 2, 1)], add_hydrogens=True, hydrogen_placement="xtb")
+
+
+def test_hydrogen_placement_mmff_keeps_heavy_atoms_and_lowers_the_energy():
+    """``hydrogen_placement="mmff"`` moves only the added hydrogens, to lower MMFF energy than RDKit's
+    computed positions; ``"rdkit"`` is exactly ``Chem.AddHs(addCoords=True)``. The heavy atoms are a
+    slightly twisted (E)-pent-2-enol, the kind of imperfect geometry a model emits."""
+    from rdkit import Chem
+    from rdkit.Chem import AllChem
+
+    from moldiff.pipeline import to_rdkit
+
+    ref = Chem.AddHs(Chem.MolFromSmiles("C/C=C/CCO"))
+    AllChem.EmbedMolecule(ref, randomSeed=3)
+    AllChem.MMFFOptimizeMolecule(ref)
+    heavy = Chem.RemoveHs(ref)
+    pos = heavy.GetConformer().GetPositions() + np.random.default_rng(0).normal(0, 0.12, (heavy.GetNumAtoms(), 3))
+    symbols = [a.GetSymbol() for a in heavy.GetAtoms()]
+    bonds = [(b.GetBeginAtomIdx(), b.GetEndAtomIdx(), int(b.GetBondTypeAsDouble())) for b in heavy.GetBonds()]
+
+    def energy(m):
+        return AllChem.MMFFGetMoleculeForceField(m, AllChem.MMFFGetMoleculeProperties(m)).CalcEnergy()
+
+    placed = {p: to_rdkit(symbols, pos, bonds, add_hydrogens=True, hydrogen_placement=p) for p in ("rdkit", "mmff")}
+    plain = Chem.AddHs(to_rdkit(symbols, pos, bonds), addCoords=True)
+    np.testing.assert_array_equal(placed["rdkit"].GetConformer().GetPositions(), plain.GetConformer().GetPositions())
+    for m in placed.values():
+        assert m.GetNumAtoms() == ref.GetNumAtoms()
+        np.testing.assert_array_equal(m.GetConformer().GetPositions()[: len(symbols)], pos)
+    moved = np.abs(placed["mmff"].GetConformer().GetPositions() - plain.GetConformer().GetPositions()).max()
+    assert moved > 1e-3 and energy(placed["mmff"]) < energy(placed["rdkit"]) - 1.0
 
 
 def test_cli_writes_the_models_bonds(tmp_path):
@@ -238,3 +270,5 @@ def test_cli_writes_the_models_bonds(tmp_path):
     assert [m.GetNumAtoms() for m in written] == [len(s) for s, _, _ in triples]
     assert main(["sample", "--model", str(ckpt), "--num", "2", "--steps", "5", "--out", str(tmp_path / "s.xyz"),
                  "--no-evaluate"]) == 0
+    assert main(["sample", "--model", str(ckpt), "--num", "2", "--steps", "5", "--out", str(tmp_path / "r.sdf"),
+                 "--hydrogen-placement", "rdkit", "--no-evaluate"]) == 0
