@@ -225,5 +225,5 @@ def test_drugs_frag_config_is_the_drugs_model_plus_the_flag():
     assert frag["diffusion"]["bonds"] == "categorical"
     t = frag["train"]
     assert (t["fragment_prob"], t["fragment_free"], t["lr_schedule"], t["lr_decay_steps"], t["max_steps"]) \
-        == (0.5, [2, 8], "linear", 2000, 8000)
+        == (0.5, [2, 8], "linear", 2000, 4000)
     assert (t["ema_warmup"], t["checkpoint_every_steps"]) == (False, 250)
