@@ -236,8 +236,9 @@ class MolDiff:
         (:func:`to_rdkit`).
         """
         add_h = self.adds_hydrogens if add_hydrogens is None else bool(add_hydrogens)
-        return [to_rdkit(*m, add_hydrogens=add_h, hydrogen_placement=hydrogen_placement) for _, batch in self.iter_samples(
-            num, steps=steps, seed=seed, with_bonds=True, **kwargs) for m in batch]
+        samples = self.iter_samples(num, steps=steps, seed=seed, with_bonds=True, **kwargs)
+        return [to_rdkit(*m, add_hydrogens=add_h, hydrogen_placement=hydrogen_placement)
+                for _, batch in samples for m in batch]
 
     @property
     def has_bonds(self) -> bool:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -275,7 +274,7 @@ def test_hidden_not_a_multiple_of_heads_is_refused_at_build():
 
 
 def test_tiny_model_overfits_two_molecules(make_batch):
-    """The normal training loss on two fixed molecules falls by a clear factor (> 4) in under 10 s."""
+    """The normal training loss on two fixed molecules falls by a clear factor (> 4) in 300 steps."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -291,7 +290,7 @@ def test_tiny_model_overfits_two_molecules(make_batch):
                 return sum(float(proc.loss(mol, generator=torch.Generator().manual_seed(s)).loss.mean())
                            for s in range(32)) / 32
 
-        before, start = loss(), time.perf_counter()
+        before = loss()
         opt = torch.optim.Adam(proc.parameters(), lr=3e-3)
         gen = torch.Generator().manual_seed(1)
         proc.train()
@@ -300,7 +299,6 @@ def test_tiny_model_overfits_two_molecules(make_batch):
             proc.loss(mol, generator=gen).loss.mean().backward()
             opt.step()
         after = loss()
-        assert time.perf_counter() - start < 10.0
         assert math.isfinite(after) and after < before / 4, (before, after)  # measured: 491 -> 73 in 1.2 s
     finally:
         torch.set_num_threads(threads)
