@@ -2,7 +2,9 @@
 
 Relaxation changes the molecules a model produced; it is a post-processing option and its effect
 is always reported and labelled separately (``moldiff relax``, ``moldiff sample --relax``), never
-folded into a model's own metrics.
+folded into a model's own metrics. :func:`optimize_hydrogens` is different: it moves only the
+hydrogens RDKit adds to a heavy-atom model's output (never the model's own atoms), and is the
+default placement of those hydrogens.
 
 * ``mmff``: RDKit's MMFF94 force field. Fast (milliseconds per QM9 molecule) but it needs a valid
   bond graph: a molecule that fails RDKit sanitisation or lacks MMFF parameters is reported with
