@@ -353,12 +353,14 @@ def summarize_drugs(table: pd.DataFrame, reference: DrugReference,
     s["w1_ring_size"] = moses_metrics.wasserstein(_ring_sizes(table), reference.properties["ring_sizes"])
     if "pb_pass" in table:
         s["posebusters_pass"] = _frac(table, "pb_pass")
-        s["posebusters_pass_valid"] = _frac(table, "pb_pass", table["valid"].astype(bool)) if n else float("nan")
-        # Which checks the valid molecules fail (a molecule can fail several): where to improve.
-        valid = table["valid"].astype(bool)
-        for c in geometry.POSEBUSTERS_COLUMNS:
-            if c in table and n and valid.any():
-                s[f"posebusters_fail_{c[3:]}"] = float((table.loc[valid, c] == False).mean())  # noqa: E712
+        s["posebusters_pass_valid"] = float("nan")
+        if n:
+            valid = table["valid"].astype(bool)
+            s["posebusters_pass_valid"] = _frac(table, "pb_pass", valid)
+            # Which checks the valid molecules fail (a molecule can fail several): where to improve.
+            for c in geometry.POSEBUSTERS_COLUMNS:
+                if c in table and valid.any():
+                    s[f"posebusters_fail_{c[3:]}"] = float((table.loc[valid, c] == False).mean())  # noqa: E712
     if "strain" in table:
         strain = table["strain"].to_numpy(dtype=np.float64)
         ok = np.isfinite(strain)

@@ -198,15 +198,22 @@ def test_init_grows_a_checkpoint_without_the_flag_into_a_fragment_model(tmp_path
     assert again.init_from(tmp_path / "old.pt") == grown
 
 
-def test_qm9_frag_config_is_qm9_v2_plus_the_flag():
+def _fragment_branch(frag_yaml: str, source_yaml: str) -> dict:
+    """Load a fragment-branch config and its source from ``benchmarks/configs``; assert the branch is
+    the source's model, process and data plus the fixed-atom flag, and return the branch as a dict."""
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2] / "benchmarks" / "configs"
-    frag = ExperimentConfig.load_yaml(root / "qm9_frag.yaml").to_dict()
-    v2 = ExperimentConfig.load_yaml(root / "qm9_v2.yaml").to_dict()
-    assert frag["model"].pop("fragment_input") is True and v2["model"].pop("fragment_input") is False
-    assert frag["model"] == v2["model"] and frag["diffusion"] == v2["diffusion"] and frag["data"] == v2["data"]
-    t = frag["train"]
+    frag = ExperimentConfig.load_yaml(root / frag_yaml).to_dict()
+    source = ExperimentConfig.load_yaml(root / source_yaml).to_dict()
+    assert frag["model"].pop("fragment_input") is True and source["model"].pop("fragment_input") is False
+    assert frag["model"] == source["model"] and frag["diffusion"] == source["diffusion"]
+    assert frag["data"] == source["data"]
+    return frag
+
+
+def test_qm9_frag_config_is_qm9_v2_plus_the_flag():
+    t = _fragment_branch("qm9_frag.yaml", "qm9_v2.yaml")["train"]
     assert (t["fragment_prob"], t["fragment_free"], t["lr"], t["lr_schedule"], t["lr_decay_steps"], t["max_steps"]) \
         == (0.5, [1, 4], 3e-4, "linear", 2000, 10000)
     assert (t["ema_warmup"], t["ema_decay"], t["compile"], t["num_threads"], t["checkpoint_every_steps"]) \
@@ -215,13 +222,7 @@ def test_qm9_frag_config_is_qm9_v2_plus_the_flag():
 
 
 def test_drugs_frag_config_is_the_drugs_model_plus_the_flag():
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[2] / "benchmarks" / "configs"
-    frag = ExperimentConfig.load_yaml(root / "drugs_frag.yaml").to_dict()
-    drugs = ExperimentConfig.load_yaml(root / "drugs.yaml").to_dict()
-    assert frag["model"].pop("fragment_input") is True and drugs["model"].pop("fragment_input") is False
-    assert frag["model"] == drugs["model"] and frag["diffusion"] == drugs["diffusion"] and frag["data"] == drugs["data"]
+    frag = _fragment_branch("drugs_frag.yaml", "drugs.yaml")
     assert frag["diffusion"]["bonds"] == "categorical"
     t = frag["train"]
     assert (t["fragment_prob"], t["fragment_free"], t["lr_schedule"], t["lr_decay_steps"], t["max_steps"]) \
